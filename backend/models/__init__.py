@@ -1,0 +1,1 @@
+"""SIM model parts: ResNet encoders, ASPP, decoder, matting network, patch classifier, registry."""
