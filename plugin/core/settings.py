@@ -1,0 +1,87 @@
+"""Plug-in settings: one schema with defaults, validation, JSON (de)serialisation.
+
+Hosts persist the JSON text where they like (Krita: ``kritarc`` via ``writeSetting``; GIMP keeps its own
+procedure config, built from the same schema). Invalid stored values fall back to the default instead
+of breaking the plug-in on load (a lesson from krita-ai-diffusion's settings handling).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+OUTPUT_MODES = ("mask", "layer")  # transparency / layer mask, or new cut-out layer
+TRIMAP_SOURCES = ("selection", "layer")  # selection + band, or a painted trimap layer
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+
+
+def default_server() -> str:
+    """Daemon address: the protocol's default ($SEMANTIC_MATTE_ENDPOINT or the local ipc socket)."""
+    try:  # the protocol module owns the canonical default when it defines one
+        from backend import protocol
+
+        fn = getattr(protocol, "default_endpoint", None)
+        return str(fn()) if callable(fn) else str(getattr(protocol, "DEFAULT_ENDPOINT", DEFAULT_SERVER))
+    except Exception:  # why: settings must load even when the backend copy is damaged
+        return DEFAULT_SERVER
+
+
+@dataclass
+class Settings:
+    server: str = ""
+    band: int = 10  # px on each side of the selection edge that become "unknown"
+    trimap_source: str = "selection"
+    trimap_layer: str = "trimap"  # name of the painted trimap layer (trimap_source == "layer")
+    class_override: str = ""  # "" = let the model's classifier decide
+    output: str = "mask"
+    semantic_preview: bool = False  # also add a layer showing the semantic map / class shares
+    timeout_s: float = 120.0  # whole request deadline
+    connect_timeout_s: float = 3.0  # "is the daemon there?" probe
+
+    def __post_init__(self) -> None:
+        if not self.server:
+            self.server = default_server()
+
+    # -- validation -------------------------------------------------------------------------------
+    def validated(self) -> "Settings":
+        """Copy with every out-of-range / mistyped field replaced by its default."""
+        d = Settings()
+        out = Settings(**asdict(self))
+        checks = {
+            "server": lambda v: isinstance(v, str) and "://" in v,
+            "band": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000,
+            "trimap_source": lambda v: v in TRIMAP_SOURCES,
+            "trimap_layer": lambda v: isinstance(v, str),
+            "class_override": lambda v: isinstance(v, str),
+            "output": lambda v: v in OUTPUT_MODES,
+            "semantic_preview": lambda v: isinstance(v, bool),
+            "timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 3600,
+            "connect_timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 60,
+        }
+        for f in fields(self):
+            if not checks[f.name](getattr(out, f.name)):
+                setattr(out, f.name, getattr(d, f.name))
+        return out
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Settings":
+        if not isinstance(data, dict):
+            return cls()
+        known = {f.name for f in fields(cls)}
+        s = cls()
+        for k, v in data.items():
+            if k in known:
+                setattr(s, k, v)
+        return s.validated()
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "Settings":
+        try:
+            return cls.from_dict(json.loads(text or "{}"))
+        except ValueError:
+            return cls()
