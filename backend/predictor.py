@@ -1,0 +1,284 @@
+"""MattingPredictor: the small API over the SIM pipeline (numpy in, numpy out).
+
+Owns device, precision, padding, trimap encodings, the sliding-window semantic trimap, tiling and
+post-processing, so callers (CLI, daemon worker, evaluation, plug-ins via the daemon) never touch tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from backend import processing
+from backend.classes import SIMD_CLASSES
+from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
+from backend.protocol import TRIMAP_UNKNOWN
+from backend.semantic_trimap import WINDOW_SIZES, class_shares, override_semantic_trimap, semantic_trimap
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class MattingResult:
+    """alpha: H×W float32 in [0,1]; foreground: H×W×3 float32 in [0,1] or None;
+    semantic: C×H×W float32 semantic trimap or None; class_shares: {class: share of unknown region}."""
+
+    alpha: np.ndarray
+    foreground: np.ndarray | None = None
+    semantic: np.ndarray | None = None
+    class_shares: dict[str, float] | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    tiles: int = 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def as_float_image(image: np.ndarray) -> np.ndarray:
+    """H×W×3 float32 in [0,1] from uint8 / uint16 / float input (grey and RGBA accepted)."""
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        raise ValueError(f"image must be H×W×3 (or ×4 / grey), got shape {image.shape}")
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) / 65535.0
+    if np.issubdtype(image.dtype, np.floating):
+        return np.clip(image.astype(np.float32), 0.0, 1.0)
+    raise ValueError(f"unsupported image dtype {image.dtype}")
+
+
+class MattingPredictor:
+    """Args:
+        model: a SIMNet (see ``backend.models.registry``).
+        classifier: a PatchClassifier, or None (semantic trimap all zero unless classes are overridden).
+        classes: class names of the model (default: the 20 SIMD classes).
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        precision: "fp32", or "fp16"/"bf16" autocast (GPU; bf16 also on CPU).
+        tile: None = automatic from ``memory_budget_gb``; 0 = never tile; N = tile side in px.
+        tile_overlap: overlap between tiles in px (multiple of 8).
+        memory_budget_gb: activation memory allowed for one forward pass before tiling kicks in.
+        trimap_mode: "strict" (exact 0/128/255) or "tolerant" (see processing.validate_trimap).
+        foreground_head: whether the model's F head was trained (else foreground is estimated).
+    """
+
+    def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
+                 classes: Sequence[str] | None = None, device: str | torch.device = "auto",
+                 precision: str = "fp32", tile: int | None = None, tile_overlap: int = 128,
+                 memory_budget_gb: float = 4.0, trimap_mode: str = "strict", foreground_head: bool = False,
+                 window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.classifier = classifier.to(self.device).eval() if classifier is not None else None
+        num_classes = getattr(model, "num_classes", len(SIMD_CLASSES))
+        self.classes = tuple(classes) if classes is not None else (
+            SIMD_CLASSES if num_classes == len(SIMD_CLASSES) else tuple(f"class_{i}" for i in range(num_classes)))
+        if len(self.classes) != num_classes:
+            raise ValueError(f"model has {num_classes} semantic classes but {len(self.classes)} names were given")
+        if self.classifier is not None and self.classifier.fc.out_features != num_classes:
+            raise ValueError(f"classifier predicts {self.classifier.fc.out_features} classes, model expects {num_classes}")
+        self.precision = precision
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.memory_budget_gb = memory_budget_gb
+        self.trimap_mode = trimap_mode
+        self.foreground_head = foreground_head
+        self.window_sizes = tuple(window_sizes)
+        self.meta = dict(meta or {})
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_pretrained(cls, weights: str | Path | None = None, classifier: str | Path | None = None, *,
+                        device: str | torch.device = "auto", **kwargs: Any) -> MattingPredictor:
+        """Load matting weights (ours or official) and a classifier; None = the default weights."""
+        wpath = Path(weights) if weights else find_default("matting")
+        if wpath is None:
+            raise WeightsError("no matting weights found: pass --weights FILE, put semantic-matte-matting.pt in "
+                               "$SEMANTIC_MATTE_MODELS or ~/.local/share/semantic-matte/models, or train one "
+                               "with `semantic-matte train`")
+        mw = load_weights(wpath, "matting")
+        cpath = Path(classifier) if classifier else (find_default("classifier") if not weights else None)
+        if cpath is None and weights and mw.meta.get("classifier"):
+            sibling = wpath.parent / mw.meta["classifier"]
+            cpath = sibling if sibling.is_file() else None
+        cw: LoadedWeights | None = load_weights(cpath, "classifier") if cpath else None
+        if cw is None:
+            log.warning("no classifier weights: the semantic trimap is empty unless classes are given")
+        classes = mw.classes
+        if cw is not None and len(cw.classes) != len(classes):
+            raise WeightsError(f"classifier has {len(cw.classes)} classes, matting model {len(classes)}")
+        meta = {"matting_weights": str(wpath), "classifier_weights": str(cpath) if cpath else None,
+                "arch": mw.arch, "classifier_arch": cw.arch if cw else None, "source": mw.source, **mw.meta}
+        return cls(mw.model, cw.model if cw else None, classes=classes, device=device,
+                   foreground_head=bool(mw.meta.get("foreground_head", False)), meta=meta, **kwargs)
+
+    def info(self) -> dict[str, Any]:
+        return {"model": getattr(self.model, "arch", type(self.model).__name__),
+                "classifier": getattr(self.classifier, "arch", None) if self.classifier is not None else None,
+                "classes": list(self.classes), "device": str(self.device), "precision": self.precision,
+                "foreground": "head" if self.foreground_head else "estimated", **{k: v for k, v in self.meta.items()
+                                                                                  if isinstance(v, (str, int, float))}}
+
+    # ------------------------------------------------------------------ inference
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def estimate_memory_gb(self, h: int, w: int) -> float:
+        """Rough activation memory of one matting forward pass (fp32), from the layer widths."""
+        enc = self.model.encoder
+        c_stem, c_l1, _, c_l3, c_l4 = enc.feature_channels
+        dec = self.model.decoder
+        u1 = dec.conv_up1[0].out_channels
+        head = dec.conv_up4_alpha[0].in_channels
+        px = h * w
+        floats = px * (3 * head + 64 + self.model.num_classes + 30) + px / 4 * 3 * (c_stem + dec.conv_up3[0].in_channels)
+        floats += px / 16 * 3 * (c_l1 + dec.conv_up2[0].in_channels) + px / 64 * (3 * c_l4 + 2 * c_l3 + 7 * u1 + 4 * c_l4)
+        return floats * 4 / 2**30
+
+    def _pick_tile(self, h: int, w: int, tile: int | None) -> int:
+        tile = self.tile if tile is None else tile
+        if tile is not None:
+            return tile
+        if self.estimate_memory_gb(h, w) <= self.memory_budget_gb:
+            return 0
+        side = 512
+        while self.estimate_memory_gb(side + 512, side + 512) <= self.memory_budget_gb:
+            side += 512
+        return side
+
+    @torch.no_grad()
+    def predict(self, image: np.ndarray, trimap: np.ndarray, *, classes: Sequence[str] | None = None,
+                want_foreground: bool = False, want_semantic: bool = False, tile: int | None = None,
+                trimap_mode: str | None = None, progress: ProgressFn | None = None) -> MattingResult:
+        """Matte one image.
+
+        Args:
+            image: H×W×3 (or grey / RGBA) uint8, uint16 or float in [0,1].
+            trimap: H×W uint8 with 0 (background), 128 (unknown), 255 (foreground).
+            classes: override the classifier with these class names (semantic trimap = those classes).
+            want_foreground: also return decontaminated foreground colours.
+            want_semantic: also return the C×H×W semantic trimap and per-class shares.
+            tile: per-call override of the predictor's tiling (None = predictor setting).
+            trimap_mode: per-call override of "strict" / "tolerant".
+            progress: callback(fraction in [0,1], stage name).
+        """
+        report = progress or (lambda f, s: None)
+        t0 = time.perf_counter()
+        img = as_float_image(image)
+        tri = processing.validate_trimap(np.asarray(trimap), trimap_mode or self.trimap_mode)
+        if img.shape[:2] != tri.shape:
+            raise ValueError(f"image is {img.shape[1]}×{img.shape[0]} but trimap is {tri.shape[1]}×{tri.shape[0]}")
+        h, w = tri.shape
+        ph, pw = processing.official_padding(h, w)
+        img_p = processing.pad_reflect(img, ph, pw)
+        tri_p = processing.pad_reflect(tri, ph, pw)
+        inputs = processing.build_inputs(img_p, tri_p, self.device)
+        timings = {"preprocess": time.perf_counter() - t0}
+        report(0.05, "preprocess")
+
+        t1 = time.perf_counter()
+        num_classes = self.model.num_classes
+        if classes:
+            ids = [self._class_index(c) for c in classes]
+            smap = override_semantic_trimap(ids, inputs.trimap, num_classes)
+        elif self.classifier is not None:
+            with self._autocast():
+                smap = semantic_trimap(self.classifier, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes)
+        else:
+            smap = torch.zeros((1, num_classes, *tri_p.shape), device=self.device)
+        timings["classifier"] = time.perf_counter() - t1
+        report(0.25, "semantic trimap")
+
+        t2 = time.perf_counter()
+        aux = want_foreground and self.foreground_head
+        side = self._pick_tile(*tri_p.shape, tile)
+        alpha_t, fg_t, n_tiles = self._run_matting(inputs, smap, side, aux, report)
+        timings["matting"] = time.perf_counter() - t2
+
+        t3 = time.perf_counter()
+        alpha = processing.finalize_alpha(alpha_t[0, 0, :h, :w].float().cpu().numpy(), tri)
+        fg = None
+        if want_foreground:
+            fg = self._foreground(img, alpha, fg_t[0, :, :h, :w].float().cpu().numpy().transpose(1, 2, 0)
+                                  if fg_t is not None else None)
+        result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles)
+        if want_semantic:
+            result.semantic = smap[0, :, :h, :w].float().cpu().numpy()
+            result.class_shares = class_shares(smap[:, :, :h, :w], self.classes)
+        timings["postprocess"] = time.perf_counter() - t3
+        timings["total"] = time.perf_counter() - t0
+        report(1.0, "done")
+        return result
+
+    def _class_index(self, name: str | int) -> int:
+        if isinstance(name, int) or str(name).isdigit():
+            return int(name)
+        if name not in self.classes:
+            raise ValueError(f"unknown class {name!r}; this model knows: {', '.join(self.classes)}")
+        return self.classes.index(name)
+
+    def _forward(self, inputs: processing.NetworkInputs, smap: torch.Tensor, aux: bool) -> dict[str, torch.Tensor]:
+        with self._autocast():
+            out = self.model(inputs.image, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, smap, aux=aux)
+        return {k: v.float() for k, v in out.items()}
+
+    def _run_matting(self, inputs: processing.NetworkInputs, smap: torch.Tensor, tile: int, aux: bool,
+                     report: ProgressFn) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        _, _, hp, wp = inputs.image.shape
+        if tile <= 0 or (hp <= tile and wp <= tile):
+            out = self._forward(inputs, smap, aux)
+            return out["alpha"], out.get("fg"), 1
+        overlap = min(self.tile_overlap, (tile // 2 - 8) // 8 * 8)
+        tiles = processing.tile_grid(hp, wp, tile, overlap)
+        unknown = (inputs.trimap == TRIMAP_UNKNOWN)[0, 0]
+        acc = torch.zeros((1, 1, hp, wp), device=self.device)
+        acc_fg = torch.zeros((1, 3, hp, wp), device=self.device) if aux else None
+        weight = torch.zeros((1, 1, hp, wp), device=self.device)
+        todo = [t for t in tiles if unknown[t.y0:t.y1, t.x0:t.x1].any()]  # tiles without unknown add nothing
+        for i, t in enumerate(todo):
+            out = self._forward(inputs.crop(t.y0, t.y1, t.x0, t.x1), smap[..., t.y0:t.y1, t.x0:t.x1], aux)
+            wgt = torch.from_numpy(processing.blend_window(t.y1 - t.y0, t.x1 - t.x0, t, hp, wp, overlap)).to(self.device)
+            acc[..., t.y0:t.y1, t.x0:t.x1] += out["alpha"] * wgt
+            if acc_fg is not None:
+                acc_fg[..., t.y0:t.y1, t.x0:t.x1] += out["fg"] * wgt
+            weight[..., t.y0:t.y1, t.x0:t.x1] += wgt
+            report(0.25 + 0.7 * (i + 1) / len(todo), f"tile {i + 1}/{len(todo)}")
+        weight = weight.clamp(min=1e-6)
+        return acc / weight, (acc_fg / weight if acc_fg is not None else None), len(todo)
+
+    def _foreground(self, image: np.ndarray, alpha: np.ndarray, head_fg: np.ndarray | None) -> np.ndarray:
+        """Decontaminated foreground: the F head where trained, else multilevel foreground estimation."""
+        if head_fg is not None:
+            fg = np.clip(head_fg, 0.0, 1.0)
+            # Where alpha is 1 the image is the foreground; keep the head only where it matters.
+            return np.where(alpha[..., None] >= 0.999, image, fg).astype(np.float32)
+        from pymatting import estimate_foreground_ml  # optional-path import: only the cut-out needs it
+
+        return np.clip(estimate_foreground_ml(image.astype(np.float64), alpha.astype(np.float64)), 0, 1).astype(np.float32)

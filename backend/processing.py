@@ -1,0 +1,211 @@
+"""Pure pre/post-processing shared by the predictor, the trainer and the benchmarks.
+
+Everything follows the official SIM inference path (ref §5.1–5.2) unless a docstring says otherwise.
+Arrays are numpy (H×W[×C]); the torch helpers at the end build the network inputs on any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from backend.protocol import TRIMAP_BG, TRIMAP_FG, TRIMAP_UNKNOWN
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# FBA/SIM Gaussian trimap encoding: sigmas 0.02·L, 0.08·L, 0.16·L with L = 320 (ref §1.1).
+GAUSS_TRIMAP_SIGMAS = (0.02 * 320, 0.08 * 320, 0.16 * 320)
+STRIDE = 8
+
+
+# --------------------------------------------------------------------------- trimaps
+
+
+def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
+    """Return a trimap with exactly {0, 128, 255}.
+
+    Modes:
+        strict: values must already be exactly 0/128/255 (the official contract); anything else
+            raises ``ValueError`` naming the stray values.
+        tolerant: for trimaps from other tools — v ≤ 25 → 0, v ≥ 230 → 255, everything between
+            (127, anti-aliased edges, soft/feathered trimaps) → 128 (unknown).
+    Raises ``ValueError`` if no pixel is unknown (nothing to matte).
+    """
+    if trimap.ndim != 2:
+        raise ValueError(f"trimap must be H×W, got shape {trimap.shape}")
+    if trimap.dtype != np.uint8:
+        if np.issubdtype(trimap.dtype, np.floating) and trimap.max(initial=0) <= 1.0:
+            trimap = np.round(trimap * 255.0)
+        trimap = np.clip(trimap, 0, 255).astype(np.uint8)
+    if mode == "strict":
+        stray = np.setdiff1d(np.unique(trimap), [TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG])
+        if stray.size:
+            raise ValueError(f"trimap has values other than 0/128/255 (e.g. {stray[:5].tolist()}); "
+                             "use tolerant mode (--trimap-mode tolerant) for 127-valued or soft trimaps")
+        out = trimap
+    elif mode == "tolerant":
+        out = np.full_like(trimap, TRIMAP_UNKNOWN)
+        out[trimap <= 25] = TRIMAP_BG
+        out[trimap >= 230] = TRIMAP_FG
+    else:
+        raise ValueError(f"unknown trimap mode {mode!r}; use 'strict' or 'tolerant'")
+    if not (out == TRIMAP_UNKNOWN).any():
+        raise ValueError("trimap has no unknown (128) pixels: nothing to matte")
+    return out
+
+
+def trimap_from_mask(mask: np.ndarray, band: int) -> np.ndarray:
+    """Trimap from a binary mask: pixels within ``band`` px of the mask edge (either side) → 128.
+
+    mask: H×W bool / uint8 (non-zero = foreground); band ≥ 1 px (elliptical structuring element).
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be H×W, got shape {mask.shape}")
+    if band < 1:
+        raise ValueError(f"band width must be ≥ 1 px, got {band}")
+    fg = (np.asarray(mask) > (127 if mask.dtype == np.uint8 and mask.max(initial=0) > 1 else 0)).astype(np.uint8)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    sure_fg = cv2.erode(fg, kernel, borderType=cv2.BORDER_REPLICATE)
+    maybe_fg = cv2.dilate(fg, kernel, borderType=cv2.BORDER_REPLICATE)
+    trimap = np.full(fg.shape, TRIMAP_UNKNOWN, np.uint8)
+    trimap[maybe_fg == 0] = TRIMAP_BG
+    trimap[sure_fg == 1] = TRIMAP_FG
+    return trimap
+
+
+def trimap_two_channel(trimap: np.ndarray) -> np.ndarray:
+    """H×W×2 float32: ch0 = definite background, ch1 = definite foreground (exact equality)."""
+    return np.stack([trimap == TRIMAP_BG, trimap == TRIMAP_FG], axis=-1).astype(np.float32)
+
+
+def trimap_gaussian(trimap2: np.ndarray) -> np.ndarray:
+    """H×W×6 float32 FBA encoding: exp(−d²/2σ²) of the exact L2 distance to each mask, bg first."""
+    h, w = trimap2.shape[:2]
+    out = np.zeros((h, w, 6), np.float32)
+    for k in range(2):
+        mask = trimap2[..., k] > 0
+        if not mask.any():
+            continue  # empty mask: its three channels stay 0 (official)
+        # distanceTransform measures the distance to the nearest zero pixel, so zero the mask itself.
+        dist = cv2.distanceTransform((~mask).astype(np.uint8) * 255, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        d2 = dist.astype(np.float32) ** 2
+        for j, sigma in enumerate(GAUSS_TRIMAP_SIGMAS):
+            out[..., 3 * k + j] = np.exp(-d2 / (2.0 * sigma * sigma))
+    return out
+
+
+# --------------------------------------------------------------------------- padding
+
+
+def official_padding(h: int, w: int) -> tuple[int, int]:
+    """Rows/cols SIM appends bottom/right: (⌊h/8⌋+1)·8 − h, i.e. always 1…8, even for multiples of 8."""
+    return (h // STRIDE + 1) * STRIDE - h, (w // STRIDE + 1) * STRIDE - w
+
+
+def pad_reflect(arr: np.ndarray, pad_h: int, pad_w: int) -> np.ndarray:
+    """Bottom/right padding with OpenCV BORDER_REFLECT semantics (edge pixel repeated = numpy 'symmetric')."""
+    widths = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (arr.ndim - 2)
+    return np.pad(arr, widths, mode="symmetric")
+
+
+# --------------------------------------------------------------------------- network inputs
+
+
+@dataclass
+class NetworkInputs:
+    """Batched N×C×H×W tensors for ``SIMNet`` (H, W padded to multiples of 8)."""
+
+    image: torch.Tensor
+    image_n: torch.Tensor
+    trimap2: torch.Tensor
+    trimap_gauss: torch.Tensor
+    trimap: torch.Tensor  # N×1×H×W raw 0/128/255 values as float
+
+    def crop(self, y0: int, y1: int, x0: int, x1: int) -> NetworkInputs:
+        return NetworkInputs(*(t[..., y0:y1, x0:x1] for t in (self.image, self.image_n, self.trimap2,
+                                                               self.trimap_gauss, self.trimap)))
+
+
+def normalize_image(image: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=image.device, dtype=image.dtype).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def build_inputs(image: np.ndarray, trimap: np.ndarray, device: torch.device | str = "cpu") -> NetworkInputs:
+    """Official pre-processing of one image on an already padded H×W×3 float image in [0,1] and
+    H×W uint8 trimap. The distance transform runs on the CPU (OpenCV, exact)."""
+    t2 = trimap_two_channel(trimap)
+    gauss = trimap_gaussian(t2)
+
+    def to_t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None].to(device)
+
+    img = to_t(image.astype(np.float32))
+    return NetworkInputs(image=img, image_n=normalize_image(img), trimap2=to_t(t2), trimap_gauss=to_t(gauss),
+                         trimap=torch.from_numpy(trimap.astype(np.float32))[None, None].to(device))
+
+
+def finalize_alpha(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """Official post-processing: clamp, force the known regions (ref §5.2)."""
+    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    alpha[trimap == TRIMAP_BG] = 0.0
+    alpha[trimap == TRIMAP_FG] = 1.0
+    return alpha
+
+
+# --------------------------------------------------------------------------- tiling
+
+
+@dataclass(frozen=True)
+class Tile:
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[Tile]:
+    """Cover H×W with tiles of side ≤ ``tile`` (multiples of 8) overlapping by ≥ ``overlap``.
+
+    Tiles are evenly spread (the last one flush with the border) so every seam has full overlap.
+    """
+    if tile % STRIDE or overlap % STRIDE:
+        raise ValueError("tile and overlap must be multiples of 8")
+    if overlap * 2 >= tile:
+        raise ValueError("overlap must be less than half the tile size")
+
+    def starts(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        count = int(np.ceil((n - overlap) / (tile - overlap)))
+        last = n - tile
+        return sorted({int(round(i * last / (count - 1) / STRIDE)) * STRIDE for i in range(count)})
+
+    return [Tile(y, min(y + tile, h), x, min(x + tile, w)) for y in starts(h) for x in starts(w)]
+
+
+def blend_window(th: int, tw: int, tile: Tile, h: int, w: int, overlap: int) -> np.ndarray:
+    """th×tw float32 weights: linear ramps over ``overlap`` px on sides that border another tile."""
+    def ramp(n: int, at_start: bool, at_end: bool) -> np.ndarray:
+        r = np.ones(n, np.float32)
+        k = min(overlap, n)
+        up = (np.arange(k, dtype=np.float32) + 0.5) / k
+        if not at_start:
+            r[:k] = np.minimum(r[:k], up)
+        if not at_end:
+            r[n - k:] = np.minimum(r[n - k:], up[::-1])
+        return r
+
+    wy = ramp(th, tile.y0 == 0, tile.y1 == h)
+    wx = ramp(tw, tile.x0 == 0, tile.x1 == w)
+    return wy[:, None] * wx[None, :]
+
+
+def iter_batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
