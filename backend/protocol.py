@@ -337,8 +337,8 @@ def _check_options(kind: str, raw: Any) -> dict:
     if classes is not None and (len(classes) > MAX_CHANNELS or not all(isinstance(c, str) and c for c in classes)):
         raise ProtocolError(E_BAD_REQUEST, "'classes' must be a list of class names")
     tile = opts.get("tile")
-    if tile is not None and not 64 <= tile <= MAX_SIDE:
-        raise ProtocolError(E_BAD_REQUEST, f"'tile' must be in 64..{MAX_SIDE}")
+    if tile is not None and not (tile == 0 or 64 <= tile <= MAX_SIDE):
+        raise ProtocolError(E_BAD_REQUEST, f"'tile' must be 0 (never tile) or in 64..{MAX_SIDE}")
     band = opts.get("band")
     if band is not None and not 1 <= band <= 1024:
         raise ProtocolError(E_BAD_REQUEST, "'band' must be in 1..1024")
