@@ -1,0 +1,56 @@
+import torch
+
+from backend.models.registry import build_model
+from backend.semantic_trimap import class_shares, override_semantic_trimap, semantic_trimap, window_starts
+
+
+def test_window_positions_match_official_rule() -> None:
+    # 0, s/2, 2·s/2, … while < L−s, then L−s (ref §2.3)
+    assert window_starts(1000, 320) == (320, [0, 160, 320, 480, 640, 680])
+    assert window_starts(1000, 800) == (800, [0, 200])
+    assert window_starts(960, 320) == (320, [0, 160, 320, 480, 640])
+    assert window_starts(800, 800) == (800, [0])
+    # Shorter than the window: one window over the whole side (the official code would use a negative offset).
+    assert window_starts(504, 800) == (504, [0])
+
+
+def test_semantic_trimap_range_and_gating() -> None:
+    torch.manual_seed(0)
+    clf = build_model("classifier_tiny", num_classes=5).eval()
+    image_n = torch.randn(1, 3, 120, 200)
+    trimap = torch.zeros(1, 1, 120, 200)
+    trimap[..., 40:80, 50:150] = 128
+    trimap[..., 80:, :] = 255
+    smap = semantic_trimap(clf, image_n, trimap, window_sizes=(64, 160))
+    assert smap.shape == (1, 5, 120, 200)
+    assert smap.min() >= 0 and smap.max() <= 1
+    assert (smap[..., trimap[0, 0] != 128] == 0).all()
+    assert smap[..., 40:80, 50:150].max() > 0
+
+
+def test_semantic_trimap_equals_manual_stitching() -> None:
+    torch.manual_seed(1)
+    clf = build_model("classifier_tiny", num_classes=3).eval()
+    image_n = torch.randn(1, 3, 64, 96)
+    trimap = torch.full((1, 1, 64, 96), 128.0)
+    got = semantic_trimap(clf, image_n, trimap, window_sizes=(32,), batch_size=3)
+    x = torch.cat([image_n, trimap / 255], 1)
+    total = torch.zeros(1, 3, 64, 96)
+    count = torch.zeros(1, 1, 64, 96)
+    for y in [0, 16, 32]:
+        for x0 in [0, 16, 32, 48, 64]:
+            with torch.no_grad():
+                cam = clf(x[..., y:y + 32, x0:x0 + 32])[1]
+            total[..., y:y + 32, x0:x0 + 32] += torch.nn.functional.interpolate(cam, size=(32, 32), mode="bilinear")
+            count[..., y:y + 32, x0:x0 + 32] += 1
+    ref = total / count
+    ref = (ref - ref.min()) / (ref.max() - ref.min())
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_override_and_shares() -> None:
+    trimap = torch.zeros(1, 1, 4, 4)
+    trimap[..., :2, :] = 128
+    smap = override_semantic_trimap([2], trimap, 4)
+    assert smap[0, 2, :2].eq(1).all() and smap[0, 2, 2:].eq(0).all() and smap[0, [0, 1, 3]].eq(0).all()
+    assert class_shares(smap, ["a", "b", "c", "d"]) == {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0}
