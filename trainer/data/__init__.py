@@ -1,0 +1,1 @@
+"""Training data: procedural SIMD-like classes, augmentation steps, torch datasets."""
