@@ -184,6 +184,16 @@ def mse_error(pred: Any, gt: Any, trimap: Any) -> float:
 # Grad
 
 
+def _gauss_gradient_factors(sigma: float = 1.4, epsilon: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """1-D factors (G, G') of the DIM kernel, scaled so that ``outer(G, G')`` has unit L2 norm."""
+    half = int(math.ceil(sigma * math.sqrt(-2.0 * math.log(math.sqrt(2.0 * math.pi) * sigma * epsilon))))
+    u = np.arange(-half, half + 1, dtype=np.float64)
+    g = np.exp(-(u**2) / (2.0 * sigma**2)) / (sigma * math.sqrt(2.0 * math.pi))
+    dg = -u * g / sigma**2
+    # ||outer(g, dg)||_F = ||g|| * ||dg||: normalise each factor by its own norm.
+    return g / np.linalg.norm(g), dg / np.linalg.norm(dg)
+
+
 def gauss_gradient_kernel(sigma: float = 1.4, epsilon: float = 1e-2) -> np.ndarray:
     """The x-derivative kernel of DIM's ``gaussgradient.m``.
 
@@ -194,19 +204,16 @@ def gauss_gradient_kernel(sigma: float = 1.4, epsilon: float = 1e-2) -> np.ndarr
     Returns:
         (2h+1) x (2h+1) float64 array.
     """
-    half = int(math.ceil(sigma * math.sqrt(-2.0 * math.log(math.sqrt(2.0 * math.pi) * sigma * epsilon))))
-    u = np.arange(-half, half + 1, dtype=np.float64)
-    g = np.exp(-(u**2) / (2.0 * sigma**2)) / (sigma * math.sqrt(2.0 * math.pi))
-    dg = -u * g / sigma**2
-    hx = np.outer(g, dg)  # rows: Gaussian, columns: derivative -> d/dx
-    return hx / np.sqrt(np.sum(hx * hx))
+    g, dg = _gauss_gradient_factors(sigma, epsilon)
+    return np.outer(g, dg)  # rows: Gaussian, columns: derivative -> d/dx
 
 
 def gauss_gradient(image: np.ndarray, sigma: float = 1.4) -> tuple[np.ndarray, np.ndarray]:
     """x and y Gaussian-derivative gradients of a 2-D float image, as ``gaussgradient.m``.
 
     Convolution (``imfilter(..., 'replicate', 'conv')``) with replicated borders
-    (``mode="nearest"``).
+    (``mode="nearest"``). The kernel is separable and replicate padding is too, so two 1-D
+    passes give the same result as the 9 x 9 convolution at a fraction of the cost.
 
     Args:
         image: H x W float array.
@@ -215,10 +222,10 @@ def gauss_gradient(image: np.ndarray, sigma: float = 1.4) -> tuple[np.ndarray, n
     Returns:
         ``(gx, gy)``, two H x W float64 arrays.
     """
-    hx = gauss_gradient_kernel(sigma)
+    g, dg = _gauss_gradient_factors(sigma)
     img = np.asarray(image, dtype=np.float64)
-    gx = ndimage.convolve(img, hx, mode="nearest")
-    gy = ndimage.convolve(img, hx.T, mode="nearest")
+    gx = ndimage.convolve1d(ndimage.convolve1d(img, g, axis=0, mode="nearest"), dg, axis=1, mode="nearest")
+    gy = ndimage.convolve1d(ndimage.convolve1d(img, dg, axis=0, mode="nearest"), g, axis=1, mode="nearest")
     return gx, gy
 
 
