@@ -31,9 +31,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from backend.imageio import InputError, MissingFileError, check_same_size, read_alpha, read_image, read_trimap
-from backend.imageio import write_alpha
-from backend.metrics import METRIC_KEYS, MetricAccumulator, compute_metrics
+from backend.imageio import (
+    InputError,
+    MissingFileError,
+    check_same_size,
+    read_alpha,
+    read_image,
+    read_trimap,
+    write_alpha,
+)
+from backend.metrics import MetricAccumulator, compute_metrics
 
 __all__ = [
     "DatasetError",
@@ -79,7 +86,9 @@ def _index(folder: Path) -> dict[str, Path]:
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if p.stem in out:
-            raise DatasetError(f"two files with stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}", path=folder)
+            raise DatasetError(
+                f"two files with stem {p.stem!r} in {folder}: {out[p.stem].name}, {p.name}", path=folder
+            )
         out[p.stem] = p
     return out
 
@@ -99,16 +108,24 @@ def _pair(group: str, image_dir: Path, trimap_dir: Path, alpha_dir: Path | None)
         missing = set(images) - set(files)
         extra = set(files) - set(images)
         if missing:
-            raise DatasetError(f"{len(missing)} image(s) in {image_dir} have no file in {folder}: {_names(list(missing))}", path=folder)
+            raise DatasetError(
+                f"{len(missing)} image(s) in {image_dir} have no file in {folder}: {_names(list(missing))}",
+                path=folder,
+            )
         if extra:
-            raise DatasetError(f"{len(extra)} file(s) in {folder} have no image in {image_dir}: {_names(list(extra))}", path=folder)
+            raise DatasetError(
+                f"{len(extra)} file(s) in {folder} have no image in {image_dir}: {_names(list(extra))}",
+                path=folder,
+            )
     return [
         Sample(stem, group, images[stem], trimaps[stem], None if alphas is None else alphas[stem])
         for stem in sorted(images)
     ]
 
 
-def find_samples(root: str | Path, trimap_set: str = "trimap1", *, require_alpha: bool = True) -> list[Sample]:
+def find_samples(
+    root: str | Path, trimap_set: str = "trimap1", *, require_alpha: bool = True
+) -> list[Sample]:
     """Discover an evaluation set (see the module docstring for the layouts).
 
     Args:
@@ -143,7 +160,9 @@ def find_samples(root: str | Path, trimap_set: str = "trimap1", *, require_alpha
         if not sets:
             raise DatasetError(f"{root} has image/ but no trimap folder (trimap1/, trimap2/ ...)", path=root)
         if trimap_set not in sets:
-            raise DatasetError(f"trimap set {trimap_set!r} not in {root}; available: {', '.join(sets)}", path=root)
+            raise DatasetError(
+                f"trimap set {trimap_set!r} not in {root}; available: {', '.join(sets)}", path=root
+            )
         return _pair(trimap_set, root / "image", root / trimap_set, alpha_dir(root))
 
     # Composition-1k: merged/ + trimap/ directly under root
@@ -151,7 +170,9 @@ def find_samples(root: str | Path, trimap_set: str = "trimap1", *, require_alpha
         return _pair(root.resolve().name, root / "merged", root / "trimap", alpha_dir(root))
 
     # SIM: <class>/{merged, trimap, alpha}
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and (p / "merged").is_dir() and (p / "trimap").is_dir())
+    classes = sorted(
+        p for p in root.iterdir() if p.is_dir() and (p / "merged").is_dir() and (p / "trimap").is_dir()
+    )
     if classes:
         samples: list[Sample] = []
         for c in classes:
@@ -204,8 +225,13 @@ class EvalResult:
         """JSON-serialisable form: settings, summary and one row per image."""
         rows = []
         for r in self.results:
-            row: dict[str, Any] = {"name": r.sample.name, "group": r.sample.group, "time_s": r.time_s,
-                                   "n_unknown": r.n_unknown, **r.metrics}
+            row: dict[str, Any] = {
+                "name": r.sample.name,
+                "group": r.sample.group,
+                "time_s": r.time_s,
+                "n_unknown": r.n_unknown,
+                **r.metrics,
+            }
             if r.error is not None:
                 row["error"] = r.error
             if r.pred_path is not None:
@@ -313,7 +339,7 @@ def evaluate(
                 res.pred_path = write_alpha(out_dir / s.group / f"{s.name}.png", pred_eval)
             res.thumbs = {"pred": _thumb(pred, thumb_size), "error": _thumb(np.abs(pred - gt), thumb_size)}
             acc.add({**metrics, "time": dt}, s.group)
-        except Exception as e:  # noqa: BLE001 -- "skip" must survive any predict_fn failure
+        except Exception as e:
             if on_error == "raise":
                 raise
             msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
@@ -334,8 +360,13 @@ def evaluate(
 # --------------------------------------------------------------------------------------------------
 # tables and report
 
-_COLUMNS = (("sad", "SAD", ".2f"), ("mse", "MSE", ".2f"), ("grad", "Grad", ".2f"), ("conn", "Conn", ".2f"),
-            ("time", "time (s)", ".3f"))
+_COLUMNS = (
+    ("sad", "SAD", ".2f"),
+    ("mse", "MSE", ".2f"),
+    ("grad", "Grad", ".2f"),
+    ("conn", "Conn", ".2f"),
+    ("time", "time (s)", ".3f"),
+)
 
 
 def _row(label: str, stats: dict[str, float]) -> str:
@@ -361,7 +392,11 @@ def format_table(result: EvalResult, *, per_image: bool = False) -> str:
     for g, stats in result.summary["groups"].items():
         lines.append(_row(g, stats))
     if per_image:
-        lines += ["", "| image | group | " + " | ".join(c[1] for c in _COLUMNS) + " |", "|---|---|" + "--:|" * len(_COLUMNS)]
+        lines += [
+            "",
+            "| image | group | " + " | ".join(c[1] for c in _COLUMNS) + " |",
+            "|---|---|" + "--:|" * len(_COLUMNS),
+        ]
         for r in result.ok:
             stats = {**r.metrics, "time": r.time_s}
             cells = [r.sample.name, r.sample.group] + [format(stats[k], f) for k, _, f in _COLUMNS]
@@ -463,9 +498,14 @@ def write_report(
     lines += [f"- {k}: {v}" for k, v in settings.items()]
     lines += ["", "## Results", "", format_table(result, per_image=True), ""]
     if worst:
-        lines += [f"## Contact sheet ({len(worst)} highest-SAD images)", "",
-                  "Columns: image, trimap, prediction, ground truth, |error| (sqrt scale).", "",
-                  f"![contact sheet]({sheet_name})", ""]
+        lines += [
+            f"## Contact sheet ({len(worst)} highest-SAD images)",
+            "",
+            "Columns: image, trimap, prediction, ground truth, |error| (sqrt scale).",
+            "",
+            f"![contact sheet]({sheet_name})",
+            "",
+        ]
     path = out / "report.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

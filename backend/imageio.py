@@ -171,7 +171,9 @@ def _open(path: PathLike) -> tuple[np.ndarray, str]:
     except PermissionError:
         raise MissingFileError(f"cannot open (permission denied): {p}", path=p) from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
-        raise CorruptImageError(f"corrupt or truncated image {p}: {str(e).splitlines()[0][:160]}", path=p) from None
+        raise CorruptImageError(
+            f"corrupt or truncated image {p}: {str(e).splitlines()[0][:160]}", path=p
+        ) from None
 
     try:
         if _is_16bit(p, im):
@@ -187,7 +189,9 @@ def _open(path: PathLike) -> tuple[np.ndarray, str]:
         if mode == "I":
             a = np.asarray(im)
             if a.min() < 0 or a.max() > 65535:
-                raise CorruptImageError(f"unsupported 32-bit integer image (values out of 16-bit range): {p}", path=p)
+                raise CorruptImageError(
+                    f"unsupported 32-bit integer image (values out of 16-bit range): {p}", path=p
+                )
             return a.astype(np.uint16), "L"
         if mode == "F":
             return np.asarray(im, dtype=np.float32), "F"

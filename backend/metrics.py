@@ -186,7 +186,7 @@ def mse_error(pred: Any, gt: Any, trimap: Any) -> float:
 
 def _gauss_gradient_factors(sigma: float = 1.4, epsilon: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     """1-D factors (G, G') of the DIM kernel, scaled so that ``outer(G, G')`` has unit L2 norm."""
-    half = int(math.ceil(sigma * math.sqrt(-2.0 * math.log(math.sqrt(2.0 * math.pi) * sigma * epsilon))))
+    half = math.ceil(sigma * math.sqrt(-2.0 * math.log(math.sqrt(2.0 * math.pi) * sigma * epsilon)))
     u = np.arange(-half, half + 1, dtype=np.float64)
     g = np.exp(-(u**2) / (2.0 * sigma**2)) / (sigma * math.sqrt(2.0 * math.pi))
     dg = -u * g / sigma**2
@@ -301,7 +301,7 @@ def connectivity_error(pred: Any, gt: Any, trimap: Any, step: float = 0.1) -> fl
     if not u.any():
         return 0.0
     # MATLAB 0:step:1 in double, compared against single alpha -> float32 thresholds.
-    n_steps = int(math.floor(1.0 / step + 1e-9))
+    n_steps = math.floor(1.0 / step + 1e-9)
     thresholds = (np.arange(n_steps + 1, dtype=np.float64) * step).astype(np.float32)
     level = np.full(p.shape, -1.0, dtype=np.float32)
     for i in range(1, len(thresholds)):

@@ -36,7 +36,9 @@ def _alpha(kind: str, seed: int = 0) -> np.ndarray:
     return a  # kind "zero": unknown band all 0
 
 
-def _write_triplet(img_dir: Path, tri_dir: Path, alpha_dir: Path | None, stem: str, alpha: np.ndarray) -> None:
+def _write_triplet(
+    img_dir: Path, tri_dir: Path, alpha_dir: Path | None, stem: str, alpha: np.ndarray
+) -> None:
     for d in (img_dir, tri_dir, alpha_dir):
         if d is not None:
             d.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,9 @@ def make_alphamatting(root: Path, kind: str = "ramp", n: int = 3) -> Path:
 def make_sim(root: Path, kind: str = "ramp") -> Path:
     for c, stems in {"fur": ["a_bg1", "a_bg2"], "hair_easy": ["b_bg1"]}.items():
         for j, stem in enumerate(stems):
-            _write_triplet(root / c / "merged", root / c / "trimap", root / c / "alpha", stem, _alpha(kind, j))
+            _write_triplet(
+                root / c / "merged", root / c / "trimap", root / c / "alpha", stem, _alpha(kind, j)
+            )
     return root
 
 
@@ -144,8 +148,9 @@ def test_evaluate_perfect_prediction_is_zero(tmp_path):
 def test_evaluate_half_prediction_known_sad(tmp_path):
     samples = find_samples(make_alphamatting(tmp_path / "am", kind="zero"))
     calls = []
-    res = evaluate(half_predict, samples, save_dir=tmp_path / "pred",
-                   progress=lambda i, n, r: calls.append((i, n)))
+    res = evaluate(
+        half_predict, samples, save_dir=tmp_path / "pred", progress=lambda i, n, r: calls.append((i, n))
+    )
     # 0.5 -> 8-bit round(127.5) = 128; unknown GT = 0: SAD = 60 px * 128/255 / 1000 per image
     n = H * 5
     for r in res.results:
@@ -163,7 +168,7 @@ def test_evaluate_half_prediction_known_sad(tmp_path):
 
 def test_quantize_and_force_switches(tmp_path):
     samples = find_samples(make_alphamatting(tmp_path / "am", kind="zero", n=1))
-    pred = lambda im, tri, g: np.full(tri.shape, 0.31, np.float32)  # noqa: E731
+    pred = lambda im, tri, g: np.full(tri.shape, 0.31, np.float32)
     q = evaluate(pred, samples).results[0].metrics["sad"]
     f = evaluate(pred, samples, quantize=False).results[0].metrics["sad"]
     assert q == pytest.approx(H * 5 * 79 / 255 / 1000)  # 0.31 * 255 = 79.05 -> 79
@@ -219,7 +224,9 @@ def test_format_table(tmp_path):
 
 def test_write_report(tmp_path):
     res = evaluate(half_predict, find_samples(make_alphamatting(tmp_path / "am")))
-    md = write_report(res, tmp_path / "report", title="Tiny", max_rows=2, tile_size=(40, 30), extra={"model": "x"})
+    md = write_report(
+        res, tmp_path / "report", title="Tiny", max_rows=2, tile_size=(40, 30), extra={"model": "x"}
+    )
     text = md.read_text()
     assert md.name == "report.md" and text.startswith("# Tiny")
     assert "- model: x" in text and "| **overall** | 3 |" in text and "contact_sheet.png" in text

@@ -243,7 +243,9 @@ def test_read_trimap_grey_palette_rgb(tmp_path):
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, t)
     np.testing.assert_array_equal(read_trimap(_save_pil(tmp_path / "rgb.png", np.dstack([t] * 3))), t)
-    np.testing.assert_array_equal(read_trimap(_save_pil(tmp_path / "a.png", np.dstack([t] * 3 + [A8]), "RGBA")), t)
+    np.testing.assert_array_equal(
+        read_trimap(_save_pil(tmp_path / "a.png", np.dstack([t] * 3 + [A8]), "RGBA")), t
+    )
     np.testing.assert_array_equal(read_trimap(_save_cv2(tmp_path / "t16.png", t.astype(np.uint16) * 257)), t)
 
 

@@ -161,7 +161,7 @@ def test_gradient_error_hand_formula():
     tri = _u((8, 9))
     tri[:2] = 0
     k = gauss_gradient_kernel()
-    amp = lambda a: np.hypot(_convolve_replicate_loops(a, k), _convolve_replicate_loops(a, k.T))  # noqa: E731
+    amp = lambda a: np.hypot(_convolve_replicate_loops(a, k), _convolve_replicate_loops(a, k.T))
     expected = np.sum(((amp(pred) - amp(gt)) ** 2)[tri == 128])
     assert gradient_error(pred, gt, tri) == pytest.approx(expected, rel=1e-6)
 
