@@ -244,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from backend.imageio import MatteError
-    from backend.models.weights import WeightsError
+    from backend.errors import MatteError
 
     try:
         return int(args.func(args) or 0)
-    except (MatteError, WeightsError, CliError) as e:
+    except (MatteError, CliError) as e:
         print(f"semantic-matte: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

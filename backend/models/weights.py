@@ -25,18 +25,13 @@ import torch
 from torch import nn
 
 from backend.classes import SIMD_CLASSES
+from backend.errors import WeightsError
 from backend.models.registry import build_model, get_entry, list_models
 
 FORMAT = "semantic-matte"
 FORMAT_VERSION = 1
 DEFAULT_FILES = {"matting": "semantic-matte-matting.pt", "classifier": "semantic-matte-classifier.pt"}
 PACKAGE_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-class WeightsError(Exception):
-    """A checkpoint is missing, unreadable or does not fit any known architecture."""
-
-    exit_code = 7
 
 
 @dataclass
