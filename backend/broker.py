@@ -68,6 +68,7 @@ class _Worker:
 class BrokerConfig:
     queue_size: dict = field(default_factory=lambda: {P.INTERACTIVE: 32, P.BATCH: 128})
     max_pixels: int = P.MAX_PIXELS
+    max_frame_bytes: int = P.MAX_FRAME_BYTES  # ZMQ_MAXMSGSIZE: a bigger frame disconnects the peer
     heartbeat: float = P.HEARTBEAT_INTERVAL
     liveness: int = P.HEARTBEAT_LIVENESS
     cache_ttl: float = CACHE_TTL
@@ -99,8 +100,8 @@ class Broker:
         self.ctx = context or zmq.Context.instance()
         self.front = self.ctx.socket(zmq.ROUTER)
         self.back = self.ctx.socket(zmq.ROUTER)
-        _tune_router(self.front, P.MAX_FRAME_BYTES)
-        _tune_router(self.back, P.MAX_FRAME_BYTES)
+        _tune_router(self.front, self.config.max_frame_bytes)
+        _tune_router(self.back, self.config.max_frame_bytes)
         if front_security is not None:
             front_security.apply(self.front)
         if back_security is not None:
@@ -228,7 +229,8 @@ class Broker:
             header = P.unpack_header(body[0].buffer)
             raw_id = header.get("id")
             req_id = raw_id if isinstance(raw_id, str) and len(raw_id) <= P.MAX_ID_LEN else None
-            req = P.parse_request(header, body[1:], max_pixels=self.config.max_pixels)
+            req = P.parse_request(header, body[1:], max_pixels=self.config.max_pixels,
+                                  max_frame_bytes=self.config.max_frame_bytes)
         except P.ProtocolError as exc:
             self._error(ident, req_id, exc.code, exc.message)
             return
@@ -544,7 +546,7 @@ class Broker:
             "models": sorted({w.model for w in self.workers.values() if w.model}),
             "classes": classes, "workers": workers,
             "limits": {"max_side": P.MAX_SIDE, "max_pixels": self.config.max_pixels,
-                       "max_frame_bytes": P.MAX_FRAME_BYTES, "max_frames": P.MAX_FRAMES,
+                       "max_frame_bytes": self.config.max_frame_bytes, "max_frames": P.MAX_FRAMES,
                        "queue_size": dict(self.config.queue_size), "dtypes": sorted(P.DTYPE_ITEMSIZE)},
             "stats": dict(self.stats),
         }

@@ -248,6 +248,10 @@ class Client:
             frames = P.encode_message(header, arrays)
         except P.ProtocolError as exc:
             raise _ERRORS.get(exc.code, BadRequest)(exc.message, request_id=req_id) from None
+        # Wait for a live connection first, so requests leave in submission order and a missing
+        # daemon is reported after connect_timeout instead of at the deadline.
+        if not self._sock.poll(int(self.connect_timeout * 1000), zmq.POLLOUT):
+            raise self._unreachable(f"could not connect within {self.connect_timeout:g} s")
         now = time.monotonic()
         pend = _Pending(req_id, kind, frames, now + timeout + _DEADLINE_GRACE, progress, last_heard=now, created=now)
         self._pending[req_id] = pend

@@ -114,7 +114,8 @@ class Supervisor:
                 spec.proc = None
                 if self.stopping:
                     continue
-                if now - spec.started > STABLE_AFTER or code == 0:  # recycled, or ran fine for a while
+                # Back off only for crash loops: not for recycling (0), kill -9 from outside, or long runs.
+                if now - spec.started > STABLE_AFTER or code in (0, -signal.SIGKILL):
                     spec.backoff = RESTART_MIN
                 log.log(logging.INFO if code == 0 else logging.WARNING, "worker process exited",
                         extra={"worker_pid": proc.pid, "code": code, "restart_in": spec.backoff})
@@ -247,7 +248,8 @@ def serve(args: argparse.Namespace) -> int:
             auth.allow_keys(use_back)
             worker_keys = (os.path.join(args.keys, f"{security.SERVER_KEY}.key"), local)
     config = BrokerConfig(queue_size={P.INTERACTIVE: args.queue_size, P.BATCH: args.batch_queue_size},
-                          max_pixels=args.max_pixels, drain_timeout=args.drain_timeout)
+                          max_pixels=args.max_pixels, max_frame_bytes=int(args.max_frame_mb * 2**20),
+                          drain_timeout=args.drain_timeout)
     broker = Broker(front, back, config=config, context=ctx, front_security=use_front, back_security=use_back)
     broker.bind()
     for ep in (broker.front_endpoint, broker.back_endpoint):
@@ -352,6 +354,9 @@ def stop(args: argparse.Namespace) -> int:
         except ProcessLookupError:
             print(f"daemon {pid} stopped")
             return 0
+        if not os.path.exists(pidfile):  # removed as the daemon's last act (it may linger as a zombie)
+            print(f"daemon {pid} stopped")
+            return 0
         time.sleep(0.1)
     print(f"daemon {pid} still running after {args.timeout:g} s", file=sys.stderr)
     return 1
@@ -400,7 +405,9 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--handler", help=argparse.SUPPRESS)
     p.add_argument("--queue-size", type=int, default=32, help="interactive queue bound (then BUSY)")
     p.add_argument("--batch-queue-size", type=int, default=128, help="batch queue bound (then BUSY)")
-    p.add_argument("--max-pixels", type=int, default=P.MAX_PIXELS)
+    p.add_argument("--max-pixels", type=int, default=P.MAX_PIXELS, help="largest accepted image (H*W)")
+    p.add_argument("--max-frame-mb", type=float, default=P.MAX_FRAME_BYTES / 2**20,
+                   help="largest accepted frame; a peer sending more is disconnected")
     p.add_argument("--max-jobs", type=int, default=0, help="recycle a worker after N jobs")
     p.add_argument("--max-rss-mb", type=float, default=0.0, help="recycle a worker above this RSS")
     p.add_argument("--max-gpu-mb", type=float, default=0.0, help="recycle a worker above this GPU memory")

@@ -372,7 +372,8 @@ def _check_job_arrays(kind: str, specs: list[ArraySpec], opts: dict) -> None:
         raise ProtocolError(E_BAD_REQUEST, "a 'mask' needs the 'band' option (unknown band width in pixels)")
 
 
-def parse_request(header: Mapping[str, Any], frames: Sequence[Any], *, max_pixels: int = MAX_PIXELS) -> Request:
+def parse_request(header: Mapping[str, Any], frames: Sequence[Any], *, max_pixels: int = MAX_PIXELS,
+                  max_frame_bytes: int = MAX_FRAME_BYTES) -> Request:
     """Validate a client request (header already unpacked, ``frames`` = array frames). Raises ProtocolError."""
     kind = header.get("kind")
     if kind not in CLIENT_KINDS:
@@ -389,7 +390,7 @@ def parse_request(header: Mapping[str, Any], frames: Sequence[Any], *, max_pixel
         req.target = req_id
     if kind in JOB_KINDS:
         req.options = _check_options(kind, header.get("options"))
-        req.specs = parse_array_specs(header.get("arrays"), max_pixels=max_pixels)
+        req.specs = parse_array_specs(header.get("arrays"), max_pixels=max_pixels, max_frame_bytes=max_frame_bytes)
         _check_job_arrays(kind, req.specs, req.options)
         check_frames(req.specs, frames)
     elif frames or header.get("arrays"):

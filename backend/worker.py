@@ -424,6 +424,7 @@ class Worker:
 
     def _execute(self, job: Job) -> None:
         t0 = time.perf_counter()
+        arrays: dict | None = None
         try:
             job.check()
             out = self.handler(job)
@@ -436,23 +437,22 @@ class Worker:
                 meta.setdefault(key, self._announce.get(key))
             meta["worker"] = self.name
             header = P.result_header(job.id, meta)
-            self._post(header, arrays)
         except JobCancelled:
-            self._post(P.error_header(job.id, P.E_CANCELLED, "cancelled"), None)
-        except JobError as exc:
-            self._post(P.error_header(job.id, exc.code, exc.message), None)
+            header = P.error_header(job.id, P.E_CANCELLED, "cancelled")
+        except (JobError, P.ProtocolError) as exc:
+            header = P.error_header(job.id, exc.code, exc.message)
         except MemoryError:
-            self._post(P.error_header(job.id, P.E_TOO_LARGE, "out of memory: use tiling or a smaller image"), None)
-        except P.ProtocolError as exc:
-            self._post(P.error_header(job.id, exc.code, exc.message), None)
+            header = P.error_header(job.id, P.E_TOO_LARGE, "out of memory: use tiling or a smaller image")
         except Exception as exc:
             if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
-                self._post(P.error_header(job.id, P.E_TOO_LARGE, "GPU out of memory: use tiling"), None)
+                header = P.error_header(job.id, P.E_TOO_LARGE, "GPU out of memory: use tiling")
             else:
                 log.exception("job %s failed", job.id)
-                self._post(P.error_header(job.id, P.E_INTERNAL, f"{type(exc).__name__}: {exc}"[:1000]), None)
-        finally:
-            self._post({"__done__": job.id}, None)
+                header = P.error_header(job.id, P.E_INTERNAL, f"{type(exc).__name__}: {exc}"[:1000])
+        # One message carries the final reply and the end of the job, so the main thread can never take
+        # a new job between sending this reply and marking itself idle.
+        header["__final__"] = True
+        self._post(header, arrays if header["kind"] == P.RESULT else None)
 
     def _flush_outbox(self) -> None:
         while True:
@@ -460,13 +460,13 @@ class Worker:
                 header, arrays = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            if "__done__" in header:
-                self._finish_job()
-                continue
+            final = header.pop("__final__", False)
             try:
                 self._send(header, arrays)
             except P.ProtocolError as exc:  # handler returned something unsendable
                 self._send(P.error_header(header.get("id"), P.E_INTERNAL, f"bad handler output: {exc.message}"))
+            if final:
+                self._finish_job()
 
     def _finish_job(self) -> None:
         job = self._job
