@@ -1089,6 +1089,7 @@ def contact_sheet(
     size: int = 256,
     thumb: int = 128,
     columns: int = 4,
+    palette: bool = True,
 ) -> Path:
     """Write one labelled PNG showing ``per_class`` samples of every class.
 
@@ -1101,6 +1102,7 @@ def contact_sheet(
         size: generation size (features scale with it).
         thumb: side of each thumbnail.
         columns: classes per row.
+        palette: store as a 256-colour palette PNG (about 1/3 of the size; fine for a preview).
 
     Returns:
         The path written.
@@ -1124,7 +1126,13 @@ def contact_sheet(
             sheet[y0 + label_h : y0 + label_h + thumb, xs : xs + thumb] = np.clip(comp * 255 + 0.5, 0, 255)
             sheet[y0 + label_h : y0 + label_h + thumb, xs + thumb : xs + 2 * thumb] = np.clip(a * 255 + 0.5, 0, 255)
     out = Path(path)
-    _write_png(out, sheet)
+    if palette:
+        from PIL import Image
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(sheet).quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
+    else:
+        _write_png(out, sheet)
     return out
 
 
