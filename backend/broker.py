@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SERVER_VERSION = "0.1.0"
 MAX_ATTEMPTS = 2  # a request on a worker that dies is re-queued once, then failed
 CACHE_TTL = 120.0  # seconds a finished reply is kept for retries of the same id
-CACHE_BYTES = 256 * 1024 * 1024
+CACHE_BYTES = 64 * 1024 * 1024
 TICK = 0.02  # poll granularity: bounds how late deadlines and heartbeats are noticed
 
 
@@ -79,8 +79,8 @@ class BrokerConfig:
 def _tune_router(sock: zmq.Socket, maxmsgsize: int) -> None:
     sock.linger = 1000  # let final replies flush on shutdown, never hang forever
     sock.router_mandatory = 1  # unroutable replies raise instead of vanishing silently
-    sock.sndhwm = 64
-    sock.rcvhwm = 64
+    sock.sndhwm = 16  # HWM counts messages, not bytes: keep it small for image-sized messages
+    sock.rcvhwm = 16
     sock.maxmsgsize = maxmsgsize
     sock.handshake_ivl = 5000
     sock.heartbeat_ivl = 1000

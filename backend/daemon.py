@@ -249,7 +249,7 @@ def serve(args: argparse.Namespace) -> int:
             worker_keys = (os.path.join(args.keys, f"{security.SERVER_KEY}.key"), local)
     config = BrokerConfig(queue_size={P.INTERACTIVE: args.queue_size, P.BATCH: args.batch_queue_size},
                           max_pixels=args.max_pixels, max_frame_bytes=int(args.max_frame_mb * 2**20),
-                          drain_timeout=args.drain_timeout)
+                          drain_timeout=args.drain_timeout, cache_bytes=int(args.reply_cache_mb * 2**20))
     broker = Broker(front, back, config=config, context=ctx, front_security=use_front, back_security=use_back)
     broker.bind()
     for ep in (broker.front_endpoint, broker.back_endpoint):
@@ -408,6 +408,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--max-pixels", type=int, default=P.MAX_PIXELS, help="largest accepted image (H*W)")
     p.add_argument("--max-frame-mb", type=float, default=P.MAX_FRAME_BYTES / 2**20,
                    help="largest accepted frame; a peer sending more is disconnected")
+    p.add_argument("--reply-cache-mb", type=float, default=64.0,
+                   help="memory for finished replies kept for retried request ids")
     p.add_argument("--max-jobs", type=int, default=0, help="recycle a worker after N jobs")
     p.add_argument("--max-rss-mb", type=float, default=0.0, help="recycle a worker above this RSS")
     p.add_argument("--max-gpu-mb", type=float, default=0.0, help="recycle a worker above this GPU memory")

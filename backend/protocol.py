@@ -200,10 +200,14 @@ def parse_array_specs(raw: Any, *, max_pixels: int = MAX_PIXELS, max_frame_bytes
             or not all(type(s) is int and s > 0 for s in shape)
         ):
             raise ProtocolError(E_BAD_REQUEST, f"array {name!r}: shape must be 1..{MAX_RANK} positive ints")
-        if any(s > MAX_SIDE for s in shape[:2]) or (len(shape) == 3 and shape[2] > MAX_CHANNELS):
-            raise ProtocolError(E_TOO_LARGE, f"array {name!r}: shape {shape} exceeds side {MAX_SIDE}")
-        if len(shape) >= 2 and shape[0] * shape[1] > max_pixels:
-            raise ProtocolError(E_TOO_LARGE, f"array {name!r}: {shape[0] * shape[1]} pixels > limit {max_pixels}")
+        # H×W×C (images) or C×H×W (semantic maps): the smallest axis of a rank-3 array is the channel axis.
+        channels = min(shape) if len(shape) == 3 else 1
+        if any(s > MAX_SIDE for s in shape) or channels > MAX_CHANNELS:
+            raise ProtocolError(E_TOO_LARGE, f"array {name!r}: shape {shape} exceeds side {MAX_SIDE} "
+                                             f"or {MAX_CHANNELS} channels")
+        pixels = math.prod(shape) // channels
+        if pixels > max_pixels:
+            raise ProtocolError(E_TOO_LARGE, f"array {name!r}: {pixels} pixels > limit {max_pixels}")
         spec = ArraySpec(name, dtype, tuple(shape))
         if spec.nbytes > max_frame_bytes:
             raise ProtocolError(E_TOO_LARGE, f"array {name!r}: {spec.nbytes} bytes > limit {max_frame_bytes}")
