@@ -236,9 +236,9 @@ def _spatial_keys(sample: Sample, h: int, w: int) -> list[str]:
 class RandomAffine:
     """Random flip, scale, rotation and shear about the image centre (output keeps the input size).
 
-    Applied identically to every spatial key of the same size. Colours use reflected borders, alpha and
-    trimap get 0 outside, so uncovered corners become background. For real photos (an ``image`` key
-    with its own background) keep ``rotation=shear=0``: reflected photo borders would not match α = 0.
+    Applied identically to every spatial key of the same size. Colours use reflected borders; alpha and
+    trimap get 0 outside (uncovered corners become background) unless ``reflect_alpha`` is set, which real
+    photos (an ``image`` with its own background) need so that I = αF + (1 − α)B keeps holding there.
 
     Args:
         scale: range of the isotropic scale factor (log-uniform).
@@ -246,11 +246,13 @@ class RandomAffine:
         shear: maximum absolute shear in degrees.
         flip: probability of a horizontal flip.
         prob: probability of applying the scale / rotation / shear part at all.
+        reflect_alpha: reflect alpha and trimap at the borders like the colours.
     """
 
     def __init__(self, scale: tuple[float, float] = (0.8, 1.25), rotation: float = 30.0, shear: float = 10.0,
-                 flip: float = 0.5, prob: float = 1.0) -> None:
+                 flip: float = 0.5, prob: float = 1.0, reflect_alpha: bool = False) -> None:
         self.scale, self.rotation, self.shear, self.flip, self.prob = tuple(scale), rotation, shear, flip, prob
+        self.reflect_alpha = reflect_alpha
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         h, w = sample["alpha"].shape[:2]
@@ -269,13 +271,14 @@ class RandomAffine:
         m = np.hstack([a, (c - a @ c)[:, None]]).astype(np.float64)
         if np.allclose(m, [[1, 0, 0], [0, 1, 0]]):
             return sample
+        a_border = cv2.BORDER_REFLECT_101 if self.reflect_alpha else cv2.BORDER_CONSTANT
         for k in keys:
             if k == "trimap":
-                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_NEAREST,
-                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_NEAREST, borderMode=a_border,
+                                           borderValue=0)
             elif k == "alpha":
-                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_LINEAR,
-                                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=a_border,
+                                           borderValue=0)
             else:
                 sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_LINEAR,
                                            borderMode=cv2.BORDER_REFLECT_101)
@@ -581,7 +584,7 @@ def matting_pipeline(
     steps: list[Step] = []
     if real:
         if augment:
-            steps.append(RandomAffine(scale=(0.8, 1.25), rotation=0.0, shear=0.0))
+            steps.append(RandomAffine(scale=(0.8, 1.25), rotation=0.0, shear=0.0, reflect_alpha=True))
         steps += [GenerateTrimap(trimap), CropAroundUnknown(crop_sizes, out_size)]
         if augment:
             steps += [GaussianNoise(), JpegArtifacts()]
