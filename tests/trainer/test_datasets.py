@@ -119,20 +119,29 @@ def test_held_out_split_is_enforced() -> None:
 
 @pytest.mark.slow  # the first pymatting call JIT-compiles (~2 s)
 def test_alphamatting_dataset(alphamatting) -> None:
-    ds = D.AlphamattingDataset(alphamatting, names=["GT01"], out_size=S, crop_sizes=(320,), backgrounds=GEN,
-                               length=2)
+    ds = D.AlphamattingDataset(
+        alphamatting, names=["GT01"], out_size=S, crop_sizes=(320,), backgrounds=GEN, length=2
+    )
     item = ds[1]
     _check_item(item)
     assert int(item["class_id"]) == -1
-    real = D.AlphamattingDataset(alphamatting, names=["GT01"], mode="real", out_size=S, crop_sizes=(320,),
-                                 backgrounds=GEN, augment=False)
+    real = D.AlphamattingDataset(
+        alphamatting,
+        names=["GT01"],
+        mode="real",
+        out_size=S,
+        crop_sizes=(320,),
+        backgrounds=GEN,
+        augment=False,
+    )
     r = real.sample_numpy(0)
     # Real mode: the photo is the image and it is reproduced by the estimated F, B and the GT alpha.
     a = r["alpha"][..., None]
     recon = r["fg"] * a + r["bg"] * (1 - a)
     assert np.abs(recon - r["image"]).mean() < 0.01
-    aug = D.AlphamattingDataset(alphamatting, names=["GT01"], mode="real", out_size=S, crop_sizes=(320,),
-                                backgrounds=GEN, length=3)
+    aug = D.AlphamattingDataset(
+        alphamatting, names=["GT01"], mode="real", out_size=S, crop_sizes=(320,), backgrounds=GEN, length=3
+    )
     _check_item(aug[2])
     test = D.AlphamattingDataset(alphamatting, split="test", names=["GT02"], out_size=S, backgrounds=GEN)
     _check_item(test[0])
@@ -166,18 +175,46 @@ def test_mixed_dataset() -> None:
 
 
 def test_build_dataset_specs(tmp_path) -> None:
-    syn = D.build_dataset({"kind": "synthetic", "count": 6, "classes": ["net"], "gen_size": 96,
-                           "crop_sizes": [64]}, out_size=S, backgrounds=GEN)
+    syn = D.build_dataset(
+        {"kind": "synthetic", "count": 6, "classes": ["net"], "gen_size": 96, "crop_sizes": [64]},
+        out_size=S,
+        backgrounds=GEN,
+    )
     assert isinstance(syn, D.SyntheticDataset) and len(syn) == 6
     _check_item(syn[0])
     write_dataset(tmp_path, per_class=1, size=80, layout="train", classes=["sharp"])
-    mixed = D.build_dataset({"kind": "mixed", "length": 4, "weights": [1, 1], "datasets": [
-        {"kind": "synthetic", "count": 4, "gen_size": 96}, {"kind": "composition", "root": str(tmp_path)}]},
-        out_size=S, backgrounds=GEN)
+    mixed = D.build_dataset(
+        {
+            "kind": "mixed",
+            "length": 4,
+            "weights": [1, 1],
+            "datasets": [
+                {"kind": "synthetic", "count": 4, "gen_size": 96},
+                {"kind": "composition", "root": str(tmp_path)},
+            ],
+        },
+        out_size=S,
+        backgrounds=GEN,
+    )
     assert len(mixed) == 4
     _check_item(mixed[1])
     with pytest.raises(ValueError):
         D.build_dataset({"kind": "coco"})
+    # The engine's calling convention: classes= (model class list), size=, split=.
+    val = D.build_dataset(
+        {"kind": "synthetic", "count": 2, "gen_size": 96, "crop_sizes": [64]},
+        classes=("fire", "my_custom_class"),
+        size=S,
+        split="val",
+        seed=1,
+        backgrounds=GEN,
+    )
+    assert (
+        val.classes == ("fire",) and not val.fresh_per_epoch and val.class_list == ("fire", "my_custom_class")
+    )
+    assert int(val[1]["class_id"]) == 0
+    with pytest.raises(ValueError, match="procedural"):
+        D.build_dataset({"kind": "synthetic"}, classes=("cat",), backgrounds=GEN)
 
 
 def test_works_without_shared_data(tmp_path) -> None:

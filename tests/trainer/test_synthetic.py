@@ -15,8 +15,23 @@ from trainer.data import synthetic as syn
 SIZE = 192  # small enough for fast tests; features scale with the size
 
 # Classes whose objects have an opaque (α = 255) part.
-OPAQUE = {"defocus", "fire", "fur", "hair_easy", "hair_hard", "insect", "motion", "net", "plant_flower",
-          "plant_leaf", "plant_tree", "sharp", "texture_holed", "texture_smooth", "smoke_cloud"}
+OPAQUE = {
+    "defocus",
+    "fire",
+    "fur",
+    "hair_easy",
+    "hair_hard",
+    "insect",
+    "motion",
+    "net",
+    "plant_flower",
+    "plant_leaf",
+    "plant_tree",
+    "sharp",
+    "texture_holed",
+    "texture_smooth",
+    "smoke_cloud",
+}
 # Classes that are mostly semi-transparent inside the object.
 TRANSLUCENT = {"glass_ice", "plastic_bag", "water_drop", "spider_web", "water_spray"}
 
@@ -69,8 +84,9 @@ def test_class_has_nontrivial_alpha(cls: str) -> None:
         assert np.median(inside) < 200 and (inside < 255).mean() > 0.7
 
 
-@pytest.mark.parametrize("cls,min_holes", [("net", 50), ("spider_web", 50), ("texture_holed", 10),
-                                           ("hair_hard", 30)])
+@pytest.mark.parametrize(
+    "cls,min_holes", [("net", 50), ("spider_web", 50), ("texture_holed", 10), ("hair_hard", 30)]
+)
 def test_holed_classes_have_many_holes(cls: str, min_holes: int) -> None:
     for s in _samples(cls, 2, 256):
         _, n = ndi.label(s.alpha < 8)
@@ -79,14 +95,22 @@ def test_holed_classes_have_many_holes(cls: str, min_holes: int) -> None:
 
 def _unknown_share(cls: str) -> float:
     """Share of the object (α > 0) that is not opaque."""
-    return float(np.mean([((s.alpha > 0) & (s.alpha < 255)).sum() / max(1, (s.alpha > 0).sum())
-                          for s in _samples(cls, 4, 256)]))
+    return float(
+        np.mean(
+            [
+                ((s.alpha > 0) & (s.alpha < 255)).sum() / max(1, (s.alpha > 0).sum())
+                for s in _samples(cls, 4, 256)
+            ]
+        )
+    )
 
 
 def test_class_character_statistics() -> None:
     sharp = _unknown_share("sharp")
     assert sharp < 0.2  # hard edges: only anti-aliasing
-    assert _unknown_share("defocus") > 2 * sharp and _unknown_share("motion") > 2 * sharp  # blur-widened edges
+    assert (
+        _unknown_share("defocus") > 2 * sharp and _unknown_share("motion") > 2 * sharp
+    )  # blur-widened edges
     assert _unknown_share("hair_hard") > _unknown_share("hair_easy")  # denser, finer strands
     for soft in ("fire", "smoke_cloud"):
         assert _unknown_share(soft) > 0.5
@@ -105,7 +129,9 @@ def test_test_trimap_scales_with_size() -> None:
 
 
 def test_write_dataset_train_layout(tmp_path) -> None:
-    counts = syn.write_dataset(tmp_path, per_class=2, size=64, seed=1, layout="train", classes=["net", "fire"])
+    counts = syn.write_dataset(
+        tmp_path, per_class=2, size=64, seed=1, layout="train", classes=["net", "fire"]
+    )
     assert counts == {"net": 2, "fire": 2}
     for cls in ("net", "fire"):
         fgs = sorted((tmp_path / cls / "fg").glob("*.png"))
@@ -119,7 +145,9 @@ def test_write_dataset_train_layout(tmp_path) -> None:
 
 
 def test_write_dataset_test_layout(tmp_path) -> None:
-    syn.write_dataset(tmp_path, per_class=1, size=64, seed=1, layout="test", classes=["water_drop"], bg_per_fg=2)
+    syn.write_dataset(
+        tmp_path, per_class=1, size=64, seed=1, layout="test", classes=["water_drop"], bg_per_fg=2
+    )
     d = tmp_path / "water_drop"
     names = {sub: sorted(p.name for p in (d / sub).glob("*.png")) for sub in ("merged", "trimap", "alpha")}
     assert names["merged"] == names["trimap"] == names["alpha"] and len(names["merged"]) == 2
@@ -139,7 +167,10 @@ def test_contact_sheet_and_cli(tmp_path) -> None:
     p = syn.contact_sheet(tmp_path / "sheet.png", per_class=1, size=96, thumb=48)
     img = cv2.imread(str(p))
     assert img is not None and img.shape[0] > 5 * 48
-    assert syn.main(["train", str(tmp_path / "cli"), "--per-class", "1", "--size", "64", "--classes", "sharp"]) == 0
+    assert (
+        syn.main(["train", str(tmp_path / "cli"), "--per-class", "1", "--size", "64", "--classes", "sharp"])
+        == 0
+    )
     assert len(list((tmp_path / "cli" / "sharp" / "fg").glob("*.png"))) == 1
 
 

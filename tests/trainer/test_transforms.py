@@ -12,7 +12,11 @@ from trainer.data.synthetic import generate_indexed
 
 def _sample(cls: str = "hair_hard", size: int = 160, index: int = 0) -> T.Sample:
     s = generate_indexed(cls, 0, index, size)
-    return {"fg": s.fg.astype(np.float32) / 255, "alpha": s.alpha.astype(np.float32) / 255, "class_id": s.class_id}
+    return {
+        "fg": s.fg.astype(np.float32) / 255,
+        "alpha": s.alpha.astype(np.float32) / 255,
+        "class_id": s.class_id,
+    }
 
 
 def _assert_trimap_ok(tri: np.ndarray, alpha: np.ndarray) -> None:
@@ -58,7 +62,11 @@ def test_crop_contains_unknown(sizes: tuple[int, ...], out: int) -> None:
     pipe = T.Compose([T.GenerateTrimap(), T.CropAroundUnknown(sizes, out)])
     for i in range(6):
         s = pipe(_sample("sharp", 160, i), rng)  # 320 > 160: the image is upscaled first
-        assert s["alpha"].shape == (out, out) and s["fg"].shape == (out, out, 3) and s["trimap"].shape == (out, out)
+        assert (
+            s["alpha"].shape == (out, out)
+            and s["fg"].shape == (out, out, 3)
+            and s["trimap"].shape == (out, out)
+        )
         assert (s["trimap"] == 128).any()
         _assert_trimap_ok(s["trimap"], s["alpha"])
 
@@ -87,13 +95,17 @@ def test_two_foreground_composite_matches_layering() -> None:
     step = T.TwoForegroundComposite(lambda r: (s2["fg"], s2["alpha"]), prob=1.0)
     # Force no flip of the second fg: try seeds until the flip coin says no, then compare to exact layering.
     for seed in range(10):
-        out = step({k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s1.items()},
-                   np.random.default_rng(seed))
+        out = step(
+            {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in s1.items()},
+            np.random.default_rng(seed),
+        )
         a1, a2 = s1["alpha"], s2["alpha"]
         expect_alpha = 1 - (1 - a1) * (1 - a2)
         if not np.allclose(out["alpha"], expect_alpha, atol=1e-6):
             continue  # the second fg was flipped
-        layered = s1["fg"] * a1[..., None] + (1 - a1[..., None]) * (s2["fg"] * a2[..., None] + (1 - a2[..., None]) * bg)
+        layered = s1["fg"] * a1[..., None] + (1 - a1[..., None]) * (
+            s2["fg"] * a2[..., None] + (1 - a2[..., None]) * bg
+        )
         a = out["alpha"][..., None]
         np.testing.assert_allclose(out["fg"] * a + (1 - a) * bg, layered, atol=2e-5)
         break
@@ -110,9 +122,16 @@ def test_composite_and_background() -> None:
     assert s["bg"].shape == s["fg"].shape and s["image"].dtype == np.float32
 
 
-@pytest.mark.parametrize("step", [T.ColorJitter(prob=1.0, keys=("image",)), T.GammaJitter(prob=1.0, keys=("image",)),
-                                  T.GaussianNoise(prob=1.0), T.JpegArtifacts(prob=1.0, quality=(20, 30)),
-                                  T.ChannelShuffle(prob=1.0, keys=("image",))])
+@pytest.mark.parametrize(
+    "step",
+    [
+        T.ColorJitter(prob=1.0, keys=("image",)),
+        T.GammaJitter(prob=1.0, keys=("image",)),
+        T.GaussianNoise(prob=1.0),
+        T.JpegArtifacts(prob=1.0, quality=(20, 30)),
+        T.ChannelShuffle(prob=1.0, keys=("image",)),
+    ],
+)
 def test_photometric_steps_keep_range(step: T.Step) -> None:
     rng = np.random.default_rng(7)
     img = generate_background(rng, 64, 80)
@@ -123,8 +142,17 @@ def test_photometric_steps_keep_range(step: T.Step) -> None:
 
 
 def test_build_pipeline_and_determinism() -> None:
-    spec = ["affine", {"name": "trimap", "mode": "gca"}, {"name": "crop", "sizes": [64], "out_size": 32},
-            "fit_bg", "color", "gamma", "composite", "noise", "jpeg"]
+    spec = [
+        "affine",
+        {"name": "trimap", "mode": "gca"},
+        {"name": "crop", "sizes": [64], "out_size": 32},
+        "fit_bg",
+        "color",
+        "gamma",
+        "composite",
+        "noise",
+        "jpeg",
+    ]
     pipe = T.build_pipeline(spec)
     a = pipe(_sample(), np.random.default_rng(8))
     b = pipe(_sample(), np.random.default_rng(8))
@@ -143,7 +171,9 @@ def test_default_pipeline_outputs(real: bool) -> None:
         s["bg"] = generate_background(rng, 128, 128)
         a = s["alpha"][..., None]
         s["image"] = s["fg"] * a + s["bg"] * (1 - a)
-    pipe = T.matting_pipeline(out_size=64, crop_sizes=(96, 128), second_fg=lambda r: (s["fg"], s["alpha"]), real=real)
+    pipe = T.matting_pipeline(
+        out_size=64, crop_sizes=(96, 128), second_fg=lambda r: (s["fg"], s["alpha"]), real=real
+    )
     out = pipe(s, rng)
     for k in ("image", "fg", "bg"):
         assert out[k].shape == (64, 64, 3)

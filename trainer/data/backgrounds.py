@@ -49,7 +49,7 @@ def generate_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     c0, c1 = rng.uniform(0, 1, 3).astype(np.float32), rng.uniform(0, 1, 3).astype(np.float32)
     ang = rng.uniform(0, 2 * np.pi)
-    t = (math.cos(ang) * xx / w + math.sin(ang) * yy / h)
+    t = math.cos(ang) * xx / w + math.sin(ang) * yy / h
     t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
     img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
     if kind == 1:  # blurred shapes (defocused scene)
@@ -67,7 +67,11 @@ def generate_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
             layer = cv2.GaussianBlur(layer, (0, 0), sig)
         img = np.where(layer.sum(2, keepdims=True) > 0, layer, img)
     elif kind == 2:  # streaky texture (wood, fabric, grass-like)
-        cell = (rng.uniform(20, 80), rng.uniform(2, 6)) if rng.random() < 0.5 else (rng.uniform(2, 6), rng.uniform(20, 80))
+        cell = (
+            (rng.uniform(20, 80), rng.uniform(2, 6))
+            if rng.random() < 0.5
+            else (rng.uniform(2, 6), rng.uniform(20, 80))
+        )
         n = value_noise(rng, (h, w), cell, 3)
         img = img * (0.6 + 0.8 * n[..., None])
     elif kind == 3:  # coloured fractal noise
@@ -131,13 +135,13 @@ class BackgroundSource:
         img = self.image(int(rng.integers(len(self.paths))))
         ih, iw = img.shape[:2]
         scale = max(h / ih, w / iw) * rng.uniform(*self.zoom)
-        nh, nw = max(h, int(math.ceil(ih * scale))), max(w, int(math.ceil(iw * scale)))
+        nh, nw = max(h, math.ceil(ih * scale)), max(w, math.ceil(iw * scale))
         # Crop in source coordinates first, then resize only the crop (cheap for big sources).
         y = rng.uniform(0, nh - h + 1e-6) / scale
         x = rng.uniform(0, nw - w + 1e-6) / scale
         ch, cw = h / scale, w / scale
         y0, x0 = int(y), int(x)
-        y1, x1 = min(ih, int(math.ceil(y + ch)) + 1), min(iw, int(math.ceil(x + cw)) + 1)
+        y1, x1 = min(ih, math.ceil(y + ch) + 1), min(iw, math.ceil(x + cw) + 1)
         crop = img[y0:y1, x0:x1]
         out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
         if rng.random() < 0.5:

@@ -55,28 +55,28 @@ from torch.utils.data import Dataset
 
 from backend.classes import SIMD_CLASSES
 from trainer.data.backgrounds import BackgroundSource, list_images, read_rgb
-from trainer.data.synthetic import STREAM_TRAIN, class_index, generate_indexed
+from trainer.data.synthetic import STREAM_TEST, STREAM_TRAIN, class_index, generate_indexed
 from trainer.data.transforms import Compose, Sample, matting_pipeline
 
 __all__ = [
+    "ALPHAMATTING_HELD_OUT",
+    "ALPHAMATTING_NAMES",
+    "ALPHAMATTING_TRAIN",
     "SAMPLE_KEYS",
     "VIEWS",
-    "ALPHAMATTING_NAMES",
-    "ALPHAMATTING_HELD_OUT",
-    "ALPHAMATTING_TRAIN",
+    "AlphamattingDataset",
+    "CompositionDataset",
     "HeldOutError",
+    "MattingDataset",
+    "MixedDataset",
+    "SyntheticDataset",
+    "build_dataset",
     "check_trainable",
+    "default_backgrounds",
+    "estimate_foreground",
+    "read_alpha",
     "to_tensors",
     "worker_init_fn",
-    "read_alpha",
-    "MattingDataset",
-    "CompositionDataset",
-    "AlphamattingDataset",
-    "SyntheticDataset",
-    "MixedDataset",
-    "estimate_foreground",
-    "default_backgrounds",
-    "build_dataset",
 ]
 
 SAMPLE_KEYS: tuple[str, ...] = ("image", "fg", "bg", "alpha", "trimap", "class_id")
@@ -85,11 +85,23 @@ VIEWS: tuple[str, ...] = ("matting", "classifier", "discriminator")
 # alphamatting.com training set: GT01..GT27. Every third image is held out for evaluation and must never be
 # trained on (the project's fixed split; see training-notes.md).
 ALPHAMATTING_NAMES: tuple[str, ...] = tuple(f"GT{i:02d}" for i in range(1, 28))
-ALPHAMATTING_HELD_OUT: tuple[str, ...] = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
+ALPHAMATTING_HELD_OUT: tuple[str, ...] = (
+    "GT02",
+    "GT05",
+    "GT08",
+    "GT11",
+    "GT14",
+    "GT17",
+    "GT20",
+    "GT23",
+    "GT26",
+)
 ALPHAMATTING_TRAIN: tuple[str, ...] = tuple(n for n in ALPHAMATTING_NAMES if n not in ALPHAMATTING_HELD_OUT)
 
 # Shared real data (``$SEMANTIC_MATTE_DATA`` overrides); everything degrades gracefully when it is absent.
-DEFAULT_DATA_ROOT = Path(os.environ.get("SEMANTIC_MATTE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DEFAULT_DATA_ROOT = Path(
+    os.environ.get("SEMANTIC_MATTE_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+)
 
 
 class HeldOutError(ValueError):
@@ -100,8 +112,10 @@ def check_trainable(names: Sequence[str]) -> None:
     """Raise :class:`HeldOutError` if any of ``names`` (stems like ``"GT02"``) is held out."""
     bad = sorted({Path(str(n)).stem.upper() for n in names} & set(ALPHAMATTING_HELD_OUT))
     if bad:
-        raise HeldOutError(f"held-out evaluation images cannot be used for training: {', '.join(bad)} "
-                           f"(held out: {', '.join(ALPHAMATTING_HELD_OUT)})")
+        raise HeldOutError(
+            f"held-out evaluation images cannot be used for training: {', '.join(bad)} "
+            f"(held out: {', '.join(ALPHAMATTING_HELD_OUT)})"
+        )
 
 
 def default_backgrounds(root: str | Path | None = None, generated_fraction: float = 0.3) -> BackgroundSource:
@@ -190,8 +204,14 @@ class MattingDataset(Dataset):
         self._length = length
         if pipeline is None:
             pipeline = matting_pipeline(
-                out_size=self.out_size, crop_sizes=crop_sizes, trimap=trimap, backgrounds=backgrounds,
-                second_fg=self._second_fg if view == "matting" else None, augment=augment, real=self.real)
+                out_size=self.out_size,
+                crop_sizes=crop_sizes,
+                trimap=trimap,
+                backgrounds=backgrounds,
+                second_fg=self._second_fg if view == "matting" else None,
+                augment=augment,
+                real=self.real,
+            )
         self.pipeline = pipeline
 
     # -- to implement ------------------------------------------------------------------------------------
@@ -260,8 +280,15 @@ class CompositionDataset(MattingDataset):
         **kwargs: see :class:`MattingDataset`.
     """
 
-    def __init__(self, root: str | Path, *, classes: Sequence[str] | None = None, class_name: str | None = None,
-                 cache: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        classes: Sequence[str] | None = None,
+        class_name: str | None = None,
+        cache: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self.root = Path(root)
         self.items: list[tuple[Path, Path, str | None]] = []
         if (self.root / "fg").is_dir() and (self.root / "alpha").is_dir():
@@ -274,8 +301,10 @@ class CompositionDataset(MattingDataset):
                 if (d / "fg").is_dir() and (d / "alpha").is_dir():
                     self.items += [(f, a, d.name) for f, a in _pair_files(d / "fg", d / "alpha")]
         if not self.items:
-            raise FileNotFoundError(f"no fg/alpha pairs under {self.root} (expected <root>/fg + <root>/alpha "
-                                    f"or <root>/<class>/fg + <root>/<class>/alpha)")
+            raise FileNotFoundError(
+                f"no fg/alpha pairs under {self.root} (expected <root>/fg + <root>/alpha "
+                f"or <root>/<class>/fg + <root>/<class>/alpha)"
+            )
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
         self._current_class: str | None = self.items[0][2]
         self._by_class: dict[str | None, list[int]] = {}
@@ -371,8 +400,16 @@ class AlphamattingDataset(MattingDataset):
         **kwargs: see :class:`MattingDataset` (``class_id`` is always −1).
     """
 
-    def __init__(self, root: str | Path | None = None, *, split: str = "train", names: Sequence[str] | None = None,
-                 mode: str = "composite", cache_dir: str | Path | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        split: str = "train",
+        names: Sequence[str] | None = None,
+        mode: str = "composite",
+        cache_dir: str | Path | None = None,
+        **kwargs: Any,
+    ) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         if mode not in ("composite", "real"):
@@ -386,7 +423,9 @@ class AlphamattingDataset(MattingDataset):
         self.real = mode == "real"
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         img_dir, a_dir = self.root / "image", self.root / "alpha"
-        self.names = [n for n in chosen if (img_dir / f"{n}.png").is_file() and (a_dir / f"{n}.png").is_file()]
+        self.names = [
+            n for n in chosen if (img_dir / f"{n}.png").is_file() and (a_dir / f"{n}.png").is_file()
+        ]
         if not self.names:
             raise FileNotFoundError(f"no alphamatting images {list(chosen)[:3]}... under {self.root}")
         super().__init__(**kwargs)
@@ -454,8 +493,16 @@ class SyntheticDataset(MattingDataset):
             official order).
     """
 
-    def __init__(self, classes: Sequence[str] | None = None, *, length: int | None = None, gen_size: int = 512,
-                 stream: int = STREAM_TRAIN, fresh_per_epoch: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        classes: Sequence[str] | None = None,
+        *,
+        length: int | None = None,
+        gen_size: int = 512,
+        stream: int = STREAM_TRAIN,
+        fresh_per_epoch: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.classes = tuple(classes) if classes is not None else SIMD_CLASSES
         for c in self.classes:
             class_index(c)  # validates the name
@@ -503,8 +550,13 @@ class MixedDataset(Dataset):
         seed: base seed.
     """
 
-    def __init__(self, datasets: Sequence[Dataset], weights: Sequence[float] | None = None,
-                 length: int | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        datasets: Sequence[Dataset],
+        weights: Sequence[float] | None = None,
+        length: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if not datasets:
             raise ValueError("MixedDataset needs at least one dataset")
         self.datasets = list(datasets)
@@ -541,27 +593,68 @@ class MixedDataset(Dataset):
 # Config front end
 # ----------------------------------------------------------------------------------------------------------
 
-_COMMON = ("out_size", "seed", "view", "backgrounds", "trimap", "crop_sizes", "augment", "length", "class_list")
+_COMMON = (
+    "out_size",
+    "seed",
+    "view",
+    "backgrounds",
+    "trimap",
+    "crop_sizes",
+    "augment",
+    "length",
+    "class_list",
+)
 
 
-def build_dataset(spec: Mapping[str, Any], *, out_size: int = 320, seed: int = 0, view: str = "matting",
-                  class_list: Sequence[str] | None = None, backgrounds: Any = None) -> Dataset:
+def build_dataset(
+    spec: Mapping[str, Any],
+    *,
+    out_size: int = 320,
+    seed: int = 0,
+    view: str = "matting",
+    class_list: Sequence[str] | None = None,
+    backgrounds: Any = None,
+    split: str = "train",
+    size: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> Dataset:
     """Build a dataset from a config table ``{"kind": ..., **options}``.
 
     Kinds and their options (plus the common ones: ``seed``, ``view``, ``trimap``, ``crop_sizes``,
     ``augment``, ``length``, ``backgrounds`` (folders), ``out_size``):
-        * ``synthetic``: ``classes`` (list), ``count`` (= length), ``gen_size``, ``stream``, ``fresh_per_epoch``;
+        * ``synthetic``: ``classes`` (list; default: the model classes that have a generator), ``count``
+          (= length), ``gen_size``, ``stream``, ``fresh_per_epoch``;
         * ``composition`` (alias ``folder``): ``root``, ``classes``, ``class_name``, ``cache``;
         * ``alphamatting``: ``root``, ``split``, ``names``, ``mode``, ``cache_dir``;
         * ``mixed``: ``datasets`` (list of specs), ``weights``, ``length``.
 
-    Keyword arguments give defaults that a spec can override (``class_list`` cannot: the model's class
-    list decides what ``class_id`` means).
+    Args:
+        spec: the table.
+        out_size: network input side (``size`` is an alias).
+        seed: base seed.
+        view: default view (a spec may override it).
+        class_list: the model's class names that ``class_id`` indexes (``classes`` is an alias); a spec
+            cannot override it. None → the 20 SIMD classes.
+        backgrounds: a ``BackgroundSource`` or folders (default: :func:`default_backgrounds`).
+        split: ``"train"``, or ``"val"`` / ``"test"`` for evaluation data: augmentation off by default,
+            synthetic data from the test stream with a fixed set, alphamatting from the held-out images.
     """
+    if size is not None:
+        out_size = size
+    if class_list is None and classes is not None:
+        class_list = classes
+    evaluating = split != "train"
     opts = dict(spec)
     kind = opts.pop("kind", None)
-    common: dict[str, Any] = {"out_size": out_size, "seed": seed, "view": view, "class_list": class_list,
-                              "backgrounds": backgrounds}
+    common: dict[str, Any] = {
+        "out_size": out_size,
+        "seed": seed,
+        "view": view,
+        "class_list": class_list,
+        "backgrounds": backgrounds,
+    }
+    if evaluating:
+        common["augment"] = False
     for k in list(opts):
         if k in _COMMON and k != "class_list":
             common[k] = opts.pop(k)
@@ -570,16 +663,37 @@ def build_dataset(spec: Mapping[str, Any], *, out_size: int = 320, seed: int = 0
     if kind == "synthetic":
         if "count" in opts:
             common["length"] = int(opts.pop("count"))
+        if "classes" not in opts and class_list is not None:
+            opts["classes"] = [c for c in class_list if c in SIMD_CLASSES]
+            if not opts["classes"]:
+                raise ValueError(
+                    f"none of the classes {list(class_list)} has a procedural generator; "
+                    f"give synthetic data an explicit 'classes' list or use folder data"
+                )
+        if evaluating:
+            opts.setdefault("stream", STREAM_TEST)
+            opts.setdefault("fresh_per_epoch", False)
         return SyntheticDataset(**opts, **common)
     if kind in ("composition", "folder"):
         return CompositionDataset(opts.pop("root"), **opts, **common)
     if kind == "alphamatting":
+        if evaluating:
+            opts.setdefault("split", "test")
         return AlphamattingDataset(opts.pop("root", None), **opts, **common)
     if kind == "mixed":
-        members = [build_dataset(s, out_size=common["out_size"], seed=common["seed"] + 1000 * (i + 1),
-                                 view=common["view"], class_list=class_list, backgrounds=backgrounds)
-                   for i, s in enumerate(opts.pop("datasets"))]
-        return MixedDataset(members, opts.pop("weights", None), opts.pop("length", common.get("length")),
-                            seed=common["seed"])
+        members = [
+            build_dataset(
+                s,
+                out_size=common["out_size"],
+                seed=common["seed"] + 1000 * (i + 1),
+                view=common["view"],
+                class_list=class_list,
+                backgrounds=backgrounds,
+                split=split,
+            )
+            for i, s in enumerate(opts.pop("datasets"))
+        ]
+        return MixedDataset(
+            members, opts.pop("weights", None), opts.pop("length", common.get("length")), seed=common["seed"]
+        )
     raise ValueError(f"unknown dataset kind {kind!r} (synthetic, composition, alphamatting, mixed)")
-

@@ -38,19 +38,19 @@ import numpy as np
 from backend.classes import SIMD_CLASSES
 
 __all__ = [
-    "SyntheticSample",
     "GENERATORS",
-    "STREAM_TRAIN",
     "STREAM_TEST",
+    "STREAM_TRAIN",
+    "SyntheticSample",
     "class_index",
-    "sample_rng",
+    "contact_sheet",
     "generate",
     "generate_indexed",
-    "value_noise",
-    "test_trimap",
-    "write_dataset",
-    "contact_sheet",
     "main",
+    "sample_rng",
+    "test_trimap",
+    "value_noise",
+    "write_dataset",
 ]
 
 # Independent random streams so that a training set and a test set made with the same seed never share
@@ -138,7 +138,7 @@ def value_noise(
     amp = 1.0
     for _ in range(octaves):
         cy_, cx_ = max(cy, 1.5), max(cx, 1.5)
-        gh, gw = int(math.ceil(h / cy_)) + 3, int(math.ceil(w / cx_)) + 3
+        gh, gw = math.ceil(h / cy_) + 3, math.ceil(w / cx_) + 3
         grid = rng.random((gh, gw), dtype=np.float32)
         up = cv2.resize(grid, (int(gw * cx_), int(gh * cy_)), interpolation=cv2.INTER_CUBIC)
         # A random sub-cell offset hides the grid alignment of the octaves.
@@ -192,26 +192,57 @@ def _fill_poly(canvas: Array, polys: Sequence[Array] | Array, value: float | Seq
     cv2.fillPoly(canvas, [_fx(p) for p in polys], _val(value), cv2.LINE_AA, _SHIFT)
 
 
-def _polylines(canvas: Array, paths: Array | Sequence[Array], value: float | Sequence[float] = 1.0,
-               thickness: int = 1) -> None:
+def _polylines(
+    canvas: Array, paths: Array | Sequence[Array], value: float | Sequence[float] = 1.0, thickness: int = 1
+) -> None:
     _check(canvas)
     if len(paths) == 0:
         return
-    cv2.polylines(canvas, [_fx(p) for p in paths], False, _val(value), max(1, int(thickness)), cv2.LINE_AA,
-                  _SHIFT)
+    cv2.polylines(
+        canvas, [_fx(p) for p in paths], False, _val(value), max(1, int(thickness)), cv2.LINE_AA, _SHIFT
+    )
 
 
-def _circle(canvas: Array, center: Sequence[float], radius: float, value: float | Sequence[float] = 1.0,
-            thickness: int = -1) -> None:
-    cv2.circle(canvas, (int(center[0] * _ONE), int(center[1] * _ONE)), max(1, int(radius * _ONE)), _val(value),
-               thickness, cv2.LINE_AA, _SHIFT)
+def _circle(
+    canvas: Array,
+    center: Sequence[float],
+    radius: float,
+    value: float | Sequence[float] = 1.0,
+    thickness: int = -1,
+) -> None:
+    cv2.circle(
+        canvas,
+        (int(center[0] * _ONE), int(center[1] * _ONE)),
+        max(1, int(radius * _ONE)),
+        _val(value),
+        thickness,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
 
 
-def _ellipse(canvas: Array, center: Sequence[float], axes: Sequence[float], angle_deg: float,
-             value: float | Sequence[float] = 1.0, thickness: int = -1, start: float = 0, end: float = 360) -> None:
-    cv2.ellipse(canvas, (int(center[0] * _ONE), int(center[1] * _ONE)),
-                (max(1, int(axes[0] * _ONE)), max(1, int(axes[1] * _ONE))), float(angle_deg), start, end,
-                _val(value), thickness, cv2.LINE_AA, _SHIFT)
+def _ellipse(
+    canvas: Array,
+    center: Sequence[float],
+    axes: Sequence[float],
+    angle_deg: float,
+    value: float | Sequence[float] = 1.0,
+    thickness: int = -1,
+    start: float = 0,
+    end: float = 360,
+) -> None:
+    cv2.ellipse(
+        canvas,
+        (int(center[0] * _ONE), int(center[1] * _ONE)),
+        (max(1, int(axes[0] * _ONE)), max(1, int(axes[1] * _ONE))),
+        float(angle_deg),
+        start,
+        end,
+        _val(value),
+        thickness,
+        cv2.LINE_AA,
+        _SHIFT,
+    )
 
 
 def _rot(angle: float) -> Array:
@@ -312,8 +343,17 @@ def _solid_object(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     alpha = _zeros(s)
     c = rng.uniform(0.38, 0.62, 2) * s
     if rng.random() < 0.5:
-        _fill_poly(alpha, _blob(rng, c, rng.uniform(0.16, 0.27) * s, rng.uniform(0.2, 0.5),
-                                rng.uniform(0.6, 1.4), rng.uniform(0, np.pi)))
+        _fill_poly(
+            alpha,
+            _blob(
+                rng,
+                c,
+                rng.uniform(0.16, 0.27) * s,
+                rng.uniform(0.2, 0.5),
+                rng.uniform(0.6, 1.4),
+                rng.uniform(0, np.pi),
+            ),
+        )
     else:
         for _ in range(int(rng.integers(1, 4))):
             cc = c + rng.normal(0, 0.08 * s, 2)
@@ -340,7 +380,7 @@ def _gen_defocus(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     h = s // 2
     r = rng.uniform(0.012, 0.035) * h * 2 / 2  # radius in half-resolution pixels (1.2–3.5 % of the image)
     r = max(r, 1.5)
-    k = int(math.ceil(r)) * 2 + 3
+    k = math.ceil(r) * 2 + 3
     disc = np.zeros((k, k), np.uint8)
     _circle(disc, (k // 2, k // 2), r)
     ker = _f32(disc)
@@ -357,7 +397,7 @@ def _gen_motion(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     h = s // 2
     length = rng.uniform(0.03, 0.1) * h
     ang = rng.uniform(0, np.pi)
-    k = int(math.ceil(length)) | 1
+    k = math.ceil(length) | 1
     ker_u8 = np.zeros((k + 2, k + 2), np.uint8)
     d = _dir(ang) * (length - 1) / 2
     c = np.array([(k + 2) // 2, (k + 2) // 2], np.float64)
@@ -388,7 +428,9 @@ def _gen_sharp(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
             poly = cc + np.stack([rr * np.cos(phi), rr * np.sin(phi)], 1)
         else:  # rotated rectangle
             wh = rng.uniform(0.08, 0.3, 2) * s
-            poly = cc + (np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * wh / 2) @ _rot(rng.uniform(0, np.pi)).T
+            poly = (
+                cc + (np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * wh / 2) @ _rot(rng.uniform(0, np.pi)).T
+            )
         _fill_poly(alpha, poly)
         _fill_poly(fg, poly, rng.uniform(0.05, 0.95, 3))
     # Flat man-made colours with a gentle linear shading gradient.
@@ -423,8 +465,10 @@ def _gen_fire(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     alpha = np.clip((heat - 0.08) * rng.uniform(1.6, 2.6), 0.0, 1.0)
     # Colour ramp by temperature: dark red → red → orange → yellow → near white.
     t = np.clip(heat * 1.2, 0, 1)
-    stops = np.array([[0.35, 0.02, 0.0], [0.85, 0.12, 0.02], [1.0, 0.45, 0.05], [1.0, 0.8, 0.2], [1.0, 0.97, 0.8]],
-                     np.float32)
+    stops = np.array(
+        [[0.35, 0.02, 0.0], [0.85, 0.12, 0.02], [1.0, 0.45, 0.05], [1.0, 0.8, 0.2], [1.0, 0.97, 0.8]],
+        np.float32,
+    )
     pos = t * (len(stops) - 1)
     i0 = np.clip(pos.astype(np.int32), 0, len(stops) - 2)
     f = (pos - i0)[..., None]
@@ -440,8 +484,10 @@ def _gen_smoke_cloud(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     env_u8 = _zeros(h)
     for _ in range(int(rng.integers(1, 4))):
         c = rng.uniform(0.35, 0.65, 2) * h
-        _fill_poly(env_u8, _blob(rng, c, rng.uniform(0.15, 0.3) * h, 0.4, rng.uniform(0.7, 1.8),
-                                 rng.uniform(0, np.pi)))
+        _fill_poly(
+            env_u8,
+            _blob(rng, c, rng.uniform(0.15, 0.3) * h, 0.4, rng.uniform(0.7, 1.8), rng.uniform(0, np.pi)),
+        )
     env = cv2.GaussianBlur(_f32(env_u8), (0, 0), h * 0.08)
     density = env * (0.35 + n)
     cloud = rng.random() < 0.5  # clouds have dense opaque cores, smoke stays translucent
@@ -450,7 +496,9 @@ def _gen_smoke_cloud(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     grey = rng.uniform(0.55, 0.95)
     tint = rng.normal(0, 0.03, 3)
     shade = (0.75 + 0.35 * value_noise(rng, (h, h), h / 8, 3))[..., None]
-    fg = np.clip((grey + tint)[None, None] * shade * (1.05 - 0.25 * alpha[..., None]), 0, 1).astype(np.float32)
+    fg = np.clip((grey + tint)[None, None] * shade * (1.05 - 0.25 * alpha[..., None]), 0, 1).astype(
+        np.float32
+    )
     return cv2.resize(fg, (s, s)), cv2.resize(alpha, (s, s))
 
 
@@ -460,20 +508,25 @@ def _gen_glass_ice(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     if rng.random() < 0.5:  # glass vessel: mirror-symmetric profile
         half_h = rng.uniform(0.25, 0.38) * s
         ys = np.linspace(-half_h, half_h, 24)
-        prof = rng.uniform(0.06, 0.16) * s * (1 + 0.6 * np.sin(np.linspace(0, np.pi, 24) * rng.uniform(1, 2.5)
-                                                              + rng.uniform(0, np.pi)))
-        poly = np.concatenate([np.stack([c[0] + prof, c[1] + ys], 1), np.stack([c[0] - prof, c[1] + ys], 1)[::-1]])
+        prof = (
+            rng.uniform(0.06, 0.16)
+            * s
+            * (1 + 0.6 * np.sin(np.linspace(0, np.pi, 24) * rng.uniform(1, 2.5) + rng.uniform(0, np.pi)))
+        )
+        poly = np.concatenate(
+            [np.stack([c[0] + prof, c[1] + ys], 1), np.stack([c[0] - prof, c[1] + ys], 1)[::-1]]
+        )
     else:  # ice: faceted irregular polygon
         pts = c + rng.normal(0, 0.15 * s, (int(rng.integers(5, 10)), 2))
         poly = cv2.convexHull(pts.astype(np.float32)).reshape(-1, 2).astype(np.float64)
     _fill_poly(shape_u8, poly)
     shape = _f32(shape_u8)
-    rim_w = max(1, int(round(0.008 * s)))
+    rim_w = max(1, round(0.008 * s))
     inner = cv2.erode(shape, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=rim_w)
     rim = np.clip(shape - inner, 0, 1)
     refr = value_noise(rng, (s, s), s / 10, 4)
     bands = np.abs(np.sin(refr * rng.uniform(8, 16)))  # caustic-like refraction bands
-    alpha = shape * (rng.uniform(0.08, 0.22) + 0.2 * bands ** 4 + 0.1 * refr)
+    alpha = shape * (rng.uniform(0.08, 0.22) + 0.2 * bands**4 + 0.1 * refr)
     # Highlights: a few bright specular streaks.
     hl_u8 = _zeros(s)
     for _ in range(int(rng.integers(2, 6))):
@@ -541,7 +594,9 @@ def _gen_water_spray(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     mist = cv2.GaussianBlur(mist, (0, 0), s / 40)
     mist = cv2.resize(mist / max(float(mist.max()), 1e-6), (s, s)) * rng.uniform(0.1, 0.3)
     alpha = 1 - (1 - np.clip(acc, 0, 1)) * (1 - _f32(streak)) * (1 - mist)
-    fg = _color_field(rng, s, np.clip(np.array([0.85, 0.92, 0.97]) + rng.normal(0, 0.04, 3), 0, 1), 0.08, s / 6)
+    fg = _color_field(
+        rng, s, np.clip(np.array([0.85, 0.92, 0.97]) + rng.normal(0, 0.04, 3), 0, 1), 0.08, s / 6
+    )
     return fg, alpha.astype(np.float32)
 
 
@@ -570,8 +625,17 @@ def _gen_net(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     _polylines(alpha, np.stack([knots, knots + 0.01], 1), 1.0, thick + 2)
     # The net covers a random region of the frame (cut edges of a larger net).
     env = _zeros(s)
-    _fill_poly(env, _blob(rng, rng.uniform(0.4, 0.6, 2) * s, rng.uniform(0.3, 0.45) * s, 0.3,
-                          rng.uniform(0.8, 1.3), rng.uniform(0, np.pi)))
+    _fill_poly(
+        env,
+        _blob(
+            rng,
+            rng.uniform(0.4, 0.6, 2) * s,
+            rng.uniform(0.3, 0.45) * s,
+            0.3,
+            rng.uniform(0.8, 1.3),
+            rng.uniform(0, np.pi),
+        ),
+    )
     palette = [(0.95, 0.95, 0.92), (0.1, 0.5, 0.2), (0.95, 0.45, 0.1), (0.1, 0.1, 0.12), (0.2, 0.3, 0.8)]
     base = np.array(palette[int(rng.integers(len(palette)))]) * rng.uniform(0.8, 1.1)
     fg = _color_field(rng, s, np.clip(base, 0, 1), 0.2, s / 8)
@@ -606,16 +670,29 @@ def _gen_spider_web(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
 def _gen_texture_holed(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     shape = _zeros(s)
     c = rng.uniform(0.45, 0.55, 2) * s
-    _fill_poly(shape, _blob(rng, c, rng.uniform(0.3, 0.42) * s, rng.uniform(0.1, 0.3), rng.uniform(0.8, 1.25),
-                            rng.uniform(0, np.pi)))
+    _fill_poly(
+        shape,
+        _blob(
+            rng,
+            c,
+            rng.uniform(0.3, 0.42) * s,
+            rng.uniform(0.1, 0.3),
+            rng.uniform(0.8, 1.25),
+            rng.uniform(0, np.pi),
+        ),
+    )
     if rng.random() < 0.5:  # lace / sieve: a jittered hexagonal lattice of holes
         holes_u8 = _zeros(s)
         p = rng.uniform(0.03, 0.07) * s
         for i, y in enumerate(np.arange(0, s + p, p * 0.866)):
             for x in np.arange(0, s + p, p) + (p / 2 if i % 2 else 0):
                 r = p * rng.uniform(0.22, 0.38)
-                _ellipse(holes_u8, (x, y) + rng.normal(0, 0.06 * p, 2), (r, r * rng.uniform(0.7, 1.0)),
-                         rng.uniform(0, 180))
+                _ellipse(
+                    holes_u8,
+                    (x, y) + rng.normal(0, 0.06 * p, 2),
+                    (r, r * rng.uniform(0.7, 1.0)),
+                    rng.uniform(0, 180),
+                )
         holes = _f32(holes_u8)
     else:  # sponge / cheese: thresholded noise gives irregular holes
         n = value_noise(rng, (s, s), rng.uniform(0.03, 0.07) * s, 3, 0.4)
@@ -629,8 +706,18 @@ def _gen_texture_holed(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
 def _gen_texture_smooth(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     alpha = _zeros(s)
     c = rng.uniform(0.42, 0.58, 2) * s
-    _fill_poly(alpha, _blob(rng, c, rng.uniform(0.22, 0.36) * s, rng.uniform(0.1, 0.5), rng.uniform(0.7, 1.4),
-                            rng.uniform(0, np.pi), harmonics=4))
+    _fill_poly(
+        alpha,
+        _blob(
+            rng,
+            c,
+            rng.uniform(0.22, 0.36) * s,
+            rng.uniform(0.1, 0.5),
+            rng.uniform(0.7, 1.4),
+            rng.uniform(0, np.pi),
+            harmonics=4,
+        ),
+    )
     a = cv2.GaussianBlur(_f32(alpha), (0, 0), rng.uniform(0.5, 1.2))  # slightly soft material edge
     fg = _color_field(rng, s, rng.uniform(0.15, 0.9, 3), 0.25, s / rng.uniform(6, 20))
     weave = value_noise(rng, (s, s), (3.0, 12.0) if rng.random() < 0.5 else (12.0, 3.0), 2)
@@ -647,13 +734,23 @@ def _gen_plastic_bag(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     _fill_poly(shape_u8, body)
     # Handles: two thick arcs above the body.
     for sx in (-1, 1):
-        _ellipse(shape_u8, (c[0] + sx * w * 0.55, c[1] - h * 0.6), (w * 0.3, h * 0.45), 0, 1.0,
-                 max(2, int(0.03 * s)), 180, 360)
+        _ellipse(
+            shape_u8,
+            (c[0] + sx * w * 0.55, c[1] - h * 0.6),
+            (w * 0.3, h * 0.45),
+            0,
+            1.0,
+            max(2, int(0.03 * s)),
+            180,
+            360,
+        )
     shape = _f32(shape_u8)
     # Wrinkles: ridged, stretched noise (creases are where the film folds and looks denser).
     n = value_noise(rng, (s, s), (s / 6, s / 18) if rng.random() < 0.5 else (s / 18, s / 6), 4)
     ridge = (1.0 - np.abs(2 * n - 1)) ** rng.uniform(3, 6)
-    inner = cv2.erode(shape, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=max(1, s // 150))
+    inner = cv2.erode(
+        shape, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)), iterations=max(1, s // 150)
+    )
     rim = np.clip(shape - inner, 0, 1)
     alpha = shape * np.clip(rng.uniform(0.2, 0.5) + 0.45 * ridge, 0, 0.95)
     alpha = np.maximum(alpha, rim * 0.9)
@@ -663,7 +760,9 @@ def _gen_plastic_bag(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     return fg.astype(np.float32), alpha.astype(np.float32)
 
 
-def _leaf_outline(center: Array, length: float, width: float, angle: float, serr: float, pointy: float) -> Array:
+def _leaf_outline(
+    center: Array, length: float, width: float, angle: float, serr: float, pointy: float
+) -> Array:
     t = np.linspace(0, 1, 60)
     half = width * np.sin(np.pi * t) ** pointy * (1 + serr * np.abs(np.sin(t * 40)))
     upper = np.stack([t * length, half], 1)
@@ -705,7 +804,9 @@ def _gen_plant_tree(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     leaves = rng.random() < 0.5
     depth_max = int(rng.integers(6, 9))
     root = np.array([rng.uniform(0.4, 0.6) * s, 0.97 * s])
-    stack = [(root, -np.pi / 2 + rng.normal(0, 0.1), rng.uniform(0.16, 0.24) * s, rng.uniform(0.025, 0.04) * s, 0)]
+    stack = [
+        (root, -np.pi / 2 + rng.normal(0, 0.1), rng.uniform(0.16, 0.24) * s, rng.uniform(0.025, 0.04) * s, 0)
+    ]
     tips = []
     # Branch segments grouped by (thickness, opacity) so that they can be drawn in few cv2 calls.
     groups: dict[tuple[int, float], list[Array]] = {}
@@ -717,13 +818,20 @@ def _gen_plant_tree(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
             a += rng.normal(0, 0.12)
             pts.append(pts[-1] + _dir(a) * length / 3)
         op = min(1.0, float(thick)) ** 0.7  # sub-pixel twigs are partially transparent
-        groups.setdefault((max(1, int(round(thick))), round(op, 1)), []).append(np.array(pts))
+        groups.setdefault((max(1, round(thick)), round(op, 1)), []).append(np.array(pts))
         if depth >= depth_max or thick < 0.35:
             tips.append(pts[-1])
             continue
         for _ in range(int(rng.integers(2, 4))):
-            stack.append((pts[-1], a + rng.normal(0, 0.45), length * rng.uniform(0.6, 0.8),
-                          thick * rng.uniform(0.55, 0.72), depth + 1))
+            stack.append(
+                (
+                    pts[-1],
+                    a + rng.normal(0, 0.45),
+                    length * rng.uniform(0.6, 0.8),
+                    thick * rng.uniform(0.55, 0.72),
+                    depth + 1,
+                )
+            )
     for (t_px, op), paths in sorted(groups.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
         _polylines(alpha, paths, op, t_px)
     if leaves and tips:
@@ -731,15 +839,18 @@ def _gen_plant_tree(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
         n = min(len(tips_a) * 3, 1200)
         centers = tips_a[rng.integers(0, len(tips_a), n)] + rng.normal(0, 0.012 * s, (n, 2))
         # Leaves as short thick dabs: a few polyline calls instead of one ellipse per leaf.
-        d = np.stack([np.cos(th := rng.uniform(0, np.pi, n)), np.sin(th)], 1) * rng.uniform(1, 0.012 * s + 2, (n, 1))
+        d = np.stack([np.cos(th := rng.uniform(0, np.pi, n)), np.sin(th)], 1) * rng.uniform(
+            1, 0.012 * s + 2, (n, 1)
+        )
         segs = np.stack([centers - d, centers + d], 1)
         for chunk, w in zip(np.array_split(np.arange(n), 3), (2, 3, max(3, int(0.008 * s)))):
             _polylines(alpha, segs[chunk], 1.0, w)
     bark = np.array([rng.uniform(0.2, 0.4), rng.uniform(0.15, 0.3), rng.uniform(0.08, 0.2)])
     fg = _color_field(rng, s, bark, 0.25, s / 16)
     if leaves:
-        green = _color_field(rng, s, (rng.uniform(0.1, 0.3), rng.uniform(0.35, 0.6), rng.uniform(0.05, 0.2)), 0.3,
-                             s / 20)
+        green = _color_field(
+            rng, s, (rng.uniform(0.1, 0.3), rng.uniform(0.35, 0.6), rng.uniform(0.05, 0.2)), 0.3, s / 20
+        )
         mix = _smoothstep(value_noise(rng, (s, s), s / 30, 2), 0.3, 0.5)[..., None]
         fg = fg * (1 - mix) + green * mix
     return fg.astype(np.float32), _f32(alpha)
@@ -748,8 +859,14 @@ def _gen_plant_tree(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
 def _gen_plant_flower(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     alpha = _zeros(s)
     fg = _zeros(s, 3)
-    palette = [(0.95, 0.3, 0.5), (0.98, 0.85, 0.15), (0.97, 0.97, 0.95), (0.85, 0.1, 0.1), (0.6, 0.3, 0.85),
-               (1.0, 0.55, 0.1)]
+    palette = [
+        (0.95, 0.3, 0.5),
+        (0.98, 0.85, 0.15),
+        (0.97, 0.97, 0.95),
+        (0.85, 0.1, 0.1),
+        (0.6, 0.3, 0.85),
+        (1.0, 0.55, 0.1),
+    ]
     heads = []
     for _ in range(int(rng.integers(1, 4))):
         c = rng.uniform(0.3, 0.7, 2) * s
@@ -808,7 +925,11 @@ def _gen_insect(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
         _ellipse(wing_u8, root + d * wl / 2, (wl / 2, wl * rng.uniform(0.14, 0.22)), math.degrees(wa))
         nrm = np.array([-d[1], d[0]])
         for off in np.linspace(-0.1, 0.1, 4):
-            veins.append(np.stack([root, root + d * wl * 0.5 + nrm * off * wl, root + d * wl * 0.92 + nrm * off * wl * 0.4]))
+            veins.append(
+                np.stack(
+                    [root, root + d * wl * 0.5 + nrm * off * wl, root + d * wl * 0.92 + nrm * off * wl * 0.4]
+                )
+            )
     _polylines(vein_u8, veins, 0.8)
     wing_a = _f32(wing_u8)
     wing = np.maximum(wing_a * rng.uniform(0.15, 0.45), _f32(vein_u8) * wing_a)
@@ -828,13 +949,23 @@ def _gen_insect(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     _polylines(body, legs, 1.0, max(1, int(0.005 * s)))
     head = at(0.25, 0)
     th = np.array([ang - 0.35, ang + 0.35]) + rng.normal(0, 0.1, 2)
-    _polylines(body, _strands(rng, np.array([head, head]), th, np.full(2, L * rng.uniform(0.4, 0.8)), 12, 0.03,
-                              0.03), 0.9)
+    _polylines(
+        body,
+        _strands(rng, np.array([head, head]), th, np.full(2, L * rng.uniform(0.4, 0.8)), 12, 0.03, 0.03),
+        0.9,
+    )
     b = _f32(body)
     alpha = 1 - (1 - b) * (1 - wing)
-    body_col = np.clip(np.array(
-        [(0.12, 0.08, 0.05), (0.1, 0.35, 0.12), (0.55, 0.35, 0.05), (0.05, 0.05, 0.08)][int(rng.integers(4))])
-        + rng.normal(0, 0.03, 3), 0, 1)
+    body_col = np.clip(
+        np.array(
+            [(0.12, 0.08, 0.05), (0.1, 0.35, 0.12), (0.55, 0.35, 0.05), (0.05, 0.05, 0.08)][
+                int(rng.integers(4))
+            ]
+        )
+        + rng.normal(0, 0.03, 3),
+        0,
+        1,
+    )
     fg_body = _color_field(rng, s, body_col, 0.4, s / 30)
     wing_col = _color_field(rng, s, (0.85, 0.88, 0.9), 0.1, s / 10, chroma=0.12)
     wb = (b / np.maximum(alpha, 1e-3))[..., None]
@@ -842,16 +973,36 @@ def _gen_insect(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
     return np.clip(fg, 0, 1).astype(np.float32), alpha.astype(np.float32)
 
 
-def _hair_like(rng: np.random.Generator, s: int, *, n_strands: int, length: tuple[float, float], curl: float,
-               wiggle: float, opacity: tuple[float, float], thickness: int, body_r: tuple[float, float],
-               tangent: float, fringe_blur: float, palette: Sequence[Sequence[float]], steps: int = 16,
-               flyaway: int = 0) -> tuple[Array, Array]:
+def _hair_like(
+    rng: np.random.Generator,
+    s: int,
+    *,
+    n_strands: int,
+    length: tuple[float, float],
+    curl: float,
+    wiggle: float,
+    opacity: tuple[float, float],
+    thickness: int,
+    body_r: tuple[float, float],
+    tangent: float,
+    fringe_blur: float,
+    palette: Sequence[Sequence[float]],
+    steps: int = 16,
+    flyaway: int = 0,
+) -> tuple[Array, Array]:
     """Shared engine of hair_easy / hair_hard / fur: an opaque body with strands growing outwards."""
     body = _zeros(s)
     alpha = _zeros(s)  # strand layer, kept apart so faint strands never thin out the opaque body
     c = np.array([rng.uniform(0.4, 0.6) * s, rng.uniform(0.45, 0.6) * s])
-    outline = _blob(rng, c, rng.uniform(*body_r) * s, rng.uniform(0.1, 0.3), rng.uniform(0.75, 1.25),
-                    rng.uniform(0, np.pi), n=256)
+    outline = _blob(
+        rng,
+        c,
+        rng.uniform(*body_r) * s,
+        rng.uniform(0.1, 0.3),
+        rng.uniform(0.75, 1.25),
+        rng.uniform(0, np.pi),
+        n=256,
+    )
     _fill_poly(body, outline)
     nrm = _outward_normals(outline)
     idx = rng.integers(0, len(outline), n_strands)
@@ -870,8 +1021,15 @@ def _hair_like(rng: np.random.Generator, s: int, *, n_strands: int, length: tupl
     if flyaway:
         fi = rng.integers(0, len(outline), flyaway)
         fth = np.arctan2(nrm[fi, 1], nrm[fi, 0]) + rng.normal(0, 0.6, flyaway)
-        fp = _strands(rng, outline[fi], fth, rng.uniform(length[1] * s, 2 * length[1] * s, flyaway), steps * 2,
-                      curl * 2, wiggle)
+        fp = _strands(
+            rng,
+            outline[fi],
+            fth,
+            rng.uniform(length[1] * s, 2 * length[1] * s, flyaway),
+            steps * 2,
+            curl * 2,
+            wiggle,
+        )
         _polylines(alpha, fp, opacity[0])
     a = 1.0 - (1.0 - _f32(body)) * (1.0 - _f32(alpha))
     if fringe_blur > 0:
@@ -884,28 +1042,70 @@ def _hair_like(rng: np.random.Generator, s: int, *, n_strands: int, length: tupl
     return fg.astype(np.float32), a
 
 
-_HAIR_PALETTE = [(0.08, 0.06, 0.05), (0.35, 0.2, 0.1), (0.6, 0.42, 0.22), (0.9, 0.78, 0.5), (0.6, 0.25, 0.1),
-                 (0.7, 0.7, 0.7)]
+_HAIR_PALETTE = [
+    (0.08, 0.06, 0.05),
+    (0.35, 0.2, 0.1),
+    (0.6, 0.42, 0.22),
+    (0.9, 0.78, 0.5),
+    (0.6, 0.25, 0.1),
+    (0.7, 0.7, 0.7),
+]
 _FUR_PALETTE = [(0.5, 0.35, 0.2), (0.85, 0.8, 0.7), (0.25, 0.2, 0.18), (0.8, 0.5, 0.2), (0.55, 0.55, 0.55)]
 
 
 def _gen_hair_easy(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
-    return _hair_like(rng, s, n_strands=int(rng.integers(250, 500)), length=(0.03, 0.1), curl=0.02, wiggle=0.02,
-                      opacity=(0.5, 1.0), thickness=2, body_r=(0.22, 0.3), tangent=0.9, fringe_blur=0.8,
-                      palette=_HAIR_PALETTE, steps=10)
+    return _hair_like(
+        rng,
+        s,
+        n_strands=int(rng.integers(250, 500)),
+        length=(0.03, 0.1),
+        curl=0.02,
+        wiggle=0.02,
+        opacity=(0.5, 1.0),
+        thickness=2,
+        body_r=(0.22, 0.3),
+        tangent=0.9,
+        fringe_blur=0.8,
+        palette=_HAIR_PALETTE,
+        steps=10,
+    )
 
 
 def _gen_hair_hard(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
-    return _hair_like(rng, s, n_strands=int(rng.integers(1500, 2600)), length=(0.05, 0.22),
-                      curl=rng.uniform(0.01, 0.06), wiggle=0.04, opacity=(0.25, 0.8), thickness=1,
-                      body_r=(0.15, 0.24), tangent=rng.uniform(0.2, 0.8), fringe_blur=0.0, palette=_HAIR_PALETTE,
-                      steps=18, flyaway=int(rng.integers(30, 120)))
+    return _hair_like(
+        rng,
+        s,
+        n_strands=int(rng.integers(1500, 2600)),
+        length=(0.05, 0.22),
+        curl=rng.uniform(0.01, 0.06),
+        wiggle=0.04,
+        opacity=(0.25, 0.8),
+        thickness=1,
+        body_r=(0.15, 0.24),
+        tangent=rng.uniform(0.2, 0.8),
+        fringe_blur=0.0,
+        palette=_HAIR_PALETTE,
+        steps=18,
+        flyaway=int(rng.integers(30, 120)),
+    )
 
 
 def _gen_fur(rng: np.random.Generator, s: int) -> tuple[Array, Array]:
-    return _hair_like(rng, s, n_strands=int(rng.integers(2500, 4000)), length=(0.015, 0.05), curl=0.05, wiggle=0.05,
-                      opacity=(0.4, 0.9), thickness=1, body_r=(0.2, 0.3), tangent=rng.uniform(0.0, 0.5),
-                      fringe_blur=0.0, palette=_FUR_PALETTE, steps=6)
+    return _hair_like(
+        rng,
+        s,
+        n_strands=int(rng.integers(2500, 4000)),
+        length=(0.015, 0.05),
+        curl=0.05,
+        wiggle=0.05,
+        opacity=(0.4, 0.9),
+        thickness=1,
+        body_r=(0.2, 0.3),
+        tangent=rng.uniform(0.0, 0.5),
+        fringe_blur=0.0,
+        palette=_FUR_PALETTE,
+        steps=6,
+    )
 
 
 GENERATORS: dict[str, GenFn] = {
@@ -953,15 +1153,18 @@ def generate(cls: str | int, rng_or_seed: np.random.Generator | int, size: int =
     cid = class_index(cls)
     if size < 64:
         raise ValueError(f"size must be >= 64, got {size}")
-    rng = rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else sample_rng(int(rng_or_seed), cid, 0)
+    rng = (
+        rng_or_seed if isinstance(rng_or_seed, np.random.Generator) else sample_rng(int(rng_or_seed), cid, 0)
+    )
     fg, alpha = GENERATORS[SIMD_CLASSES[cid]](rng, int(size))
     fg8 = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
     a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
     return SyntheticSample(np.ascontiguousarray(fg8), np.ascontiguousarray(a8), cid)
 
 
-def generate_indexed(cls: str | int, seed: int, index: int, size: int = 512,
-                     stream: int = STREAM_TRAIN) -> SyntheticSample:
+def generate_indexed(
+    cls: str | int, seed: int, index: int, size: int = 512, stream: int = STREAM_TRAIN
+) -> SyntheticSample:
     """``generate`` for sample ``index`` of the (seed, class, stream) sequence."""
     cid = class_index(cls)
     return generate(cid, sample_rng(seed, cid, index, stream), size)
@@ -982,7 +1185,7 @@ def test_trimap(alpha: Array, iterations: int | None = None) -> Array:
         H×W uint8 trimap with values {0, 128, 255}.
     """
     if iterations is None:
-        iterations = max(1, int(round(5 * min(alpha.shape[:2]) / 800)))
+        iterations = max(1, round(5 * min(alpha.shape[:2]) / 800))
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
     fg = cv2.erode((alpha >= 255).astype(np.uint8), k, iterations=iterations)
     unknown = cv2.dilate((alpha > 0).astype(np.uint8), k, iterations=iterations)
@@ -1115,16 +1318,31 @@ def contact_sheet(
     for k, name in enumerate(SIMD_CLASSES):
         r, cidx = divmod(k, columns)
         y0, x0 = r * (thumb + label_h), cidx * (cell_w + 6)
-        cv2.putText(sheet, f"{k}: {name}", (x0 + 3, y0 + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1,
-                    cv2.LINE_AA)
+        cv2.putText(
+            sheet,
+            f"{k}: {name}",
+            (x0 + 3, y0 + 13),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.45,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
         for i in range(per_class):
             smp = generate_indexed(name, seed, i, size)
             fg = cv2.resize(smp.fg, (thumb, thumb), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-            a = cv2.resize(smp.alpha, (thumb, thumb), interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255
+            a = (
+                cv2.resize(smp.alpha, (thumb, thumb), interpolation=cv2.INTER_AREA).astype(np.float32)[
+                    ..., None
+                ]
+                / 255
+            )
             comp = fg * a + checker * (1 - a)
             xs = x0 + i * 2 * thumb
             sheet[y0 + label_h : y0 + label_h + thumb, xs : xs + thumb] = np.clip(comp * 255 + 0.5, 0, 255)
-            sheet[y0 + label_h : y0 + label_h + thumb, xs + thumb : xs + 2 * thumb] = np.clip(a * 255 + 0.5, 0, 255)
+            sheet[y0 + label_h : y0 + label_h + thumb, xs + thumb : xs + 2 * thumb] = np.clip(
+                a * 255 + 0.5, 0, 255
+            )
     out = Path(path)
     if palette:
         from PIL import Image
@@ -1139,7 +1357,9 @@ def contact_sheet(
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m trainer.data.synthetic {train,test,sheet} OUT [options]``."""
     ap = argparse.ArgumentParser(prog="python -m trainer.data.synthetic", description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["train", "test", "sheet"], help="training layout, test layout or contact sheet")
+    ap.add_argument(
+        "what", choices=["train", "test", "sheet"], help="training layout, test layout or contact sheet"
+    )
     ap.add_argument("out", help="output folder (or PNG path for 'sheet')")
     ap.add_argument("--per-class", type=int, default=10)
     ap.add_argument("--size", type=int, default=512)
@@ -1152,8 +1372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         contact_sheet(args.out, per_class=min(args.per_class, 4), seed=args.seed)
         return 0
     classes = args.classes.split(",") if args.classes else None
-    write_dataset(args.out, args.per_class, args.size, args.seed, args.what, args.backgrounds, classes,
-                  args.bg_per_fg, progress=True)
+    write_dataset(
+        args.out,
+        args.per_class,
+        args.size,
+        args.seed,
+        args.what,
+        args.backgrounds,
+        classes,
+        args.bg_per_fg,
+        progress=True,
+    )
     return 0
 
 

@@ -33,31 +33,31 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "STEPS",
+    "TRIMAP_BG",
+    "TRIMAP_FG",
+    "TRIMAP_UNKNOWN",
+    "ChannelShuffle",
+    "ColorJitter",
+    "Compose",
+    "Composite",
+    "CropAroundUnknown",
+    "FitBackground",
+    "GammaJitter",
+    "GaussianNoise",
+    "GenerateTrimap",
+    "JpegArtifacts",
+    "RandomAffine",
+    "Resize",
     "Sample",
     "Step",
-    "STEPS",
-    "register_step",
-    "build_pipeline",
-    "Compose",
-    "RandomAffine",
     "TwoForegroundComposite",
-    "GenerateTrimap",
-    "CropAroundUnknown",
-    "Resize",
-    "FitBackground",
-    "ColorJitter",
-    "GammaJitter",
-    "ChannelShuffle",
-    "Composite",
-    "GaussianNoise",
-    "JpegArtifacts",
-    "trimap_from_alpha",
+    "build_pipeline",
     "enforce_unknown",
-    "unknown_mask",
     "matting_pipeline",
-    "TRIMAP_BG",
-    "TRIMAP_UNKNOWN",
-    "TRIMAP_FG",
+    "register_step",
+    "trimap_from_alpha",
+    "unknown_mask",
 ]
 
 TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG = 0, 128, 255
@@ -144,8 +144,9 @@ def _ellipse(k: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(1, k), max(1, k)))
 
 
-def trimap_from_alpha(alpha: np.ndarray, fg_kernel: int, fg_iter: int, bg_kernel: int | None = None,
-                      bg_iter: int | None = None) -> np.ndarray:
+def trimap_from_alpha(
+    alpha: np.ndarray, fg_kernel: int, fg_iter: int, bg_kernel: int | None = None, bg_iter: int | None = None
+) -> np.ndarray:
     """Trimap by eroding the definite foreground and the definite background with elliptical kernels.
 
     Eroding the background mask equals dilating the "α > 0" mask (SIM's ``data/util.py`` recipe).
@@ -190,12 +191,23 @@ class GenerateTrimap:
             relative width on images of another resolution); None = no scaling.
     """
 
-    def __init__(self, mode: str = "sim", ksize: tuple[int, int] = (3, 5), iterations: tuple[int, int] = (5, 15),
-                 gca_kernel: tuple[int, int] = (1, 29), scale_ref: float | None = None) -> None:
+    def __init__(
+        self,
+        mode: str = "sim",
+        ksize: tuple[int, int] = (3, 5),
+        iterations: tuple[int, int] = (5, 15),
+        gca_kernel: tuple[int, int] = (1, 29),
+        scale_ref: float | None = None,
+    ) -> None:
         if mode not in ("sim", "gca", "mixed"):
             raise ValueError(f"trimap mode must be sim, gca or mixed, got {mode!r}")
         self.mode, self.ksize, self.iterations, self.gca_kernel, self.scale_ref = (
-            mode, tuple(ksize), tuple(iterations), tuple(gca_kernel), scale_ref)
+            mode,
+            tuple(ksize),
+            tuple(iterations),
+            tuple(gca_kernel),
+            scale_ref,
+        )
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
         alpha = sample["alpha"]
@@ -203,11 +215,13 @@ class GenerateTrimap:
         mode = self.mode if self.mode != "mixed" else ("sim", "gca")[int(rng.integers(2))]
         if mode == "sim":
             k = int(rng.integers(self.ksize[0], self.ksize[1] + 1))
-            it = max(1, int(round(int(rng.integers(self.iterations[0], self.iterations[1] + 1)) * f)))
+            it = max(1, round(int(rng.integers(self.iterations[0], self.iterations[1] + 1)) * f))
             sample["trimap"] = trimap_from_alpha(alpha, k, it)
         else:
-            kf, kb = (max(1, int(round(int(rng.integers(self.gca_kernel[0], self.gca_kernel[1] + 1)) * f)))
-                      for _ in range(2))
+            kf, kb = (
+                max(1, round(int(rng.integers(self.gca_kernel[0], self.gca_kernel[1] + 1)) * f))
+                for _ in range(2)
+            )
             sample["trimap"] = trimap_from_alpha(alpha, kf, 1, kb, 1)
         return sample
 
@@ -228,8 +242,11 @@ def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarra
 
 
 def _spatial_keys(sample: Sample, h: int, w: int) -> list[str]:
-    return [k for k in ("fg", "alpha", "bg", "image", "trimap")
-            if k in sample and isinstance(sample[k], np.ndarray) and sample[k].shape[:2] == (h, w)]
+    return [
+        k
+        for k in ("fg", "alpha", "bg", "image", "trimap")
+        if k in sample and isinstance(sample[k], np.ndarray) and sample[k].shape[:2] == (h, w)
+    ]
 
 
 @register_step("affine")
@@ -249,9 +266,22 @@ class RandomAffine:
         reflect_alpha: reflect alpha and trimap at the borders like the colours.
     """
 
-    def __init__(self, scale: tuple[float, float] = (0.8, 1.25), rotation: float = 30.0, shear: float = 10.0,
-                 flip: float = 0.5, prob: float = 1.0, reflect_alpha: bool = False) -> None:
-        self.scale, self.rotation, self.shear, self.flip, self.prob = tuple(scale), rotation, shear, flip, prob
+    def __init__(
+        self,
+        scale: tuple[float, float] = (0.8, 1.25),
+        rotation: float = 30.0,
+        shear: float = 10.0,
+        flip: float = 0.5,
+        prob: float = 1.0,
+        reflect_alpha: bool = False,
+    ) -> None:
+        self.scale, self.rotation, self.shear, self.flip, self.prob = (
+            tuple(scale),
+            rotation,
+            shear,
+            flip,
+            prob,
+        )
         self.reflect_alpha = reflect_alpha
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -265,8 +295,11 @@ class RandomAffine:
         sc = math.exp(rng.uniform(math.log(self.scale[0]), math.log(self.scale[1])))
         rot = math.radians(rng.uniform(-self.rotation, self.rotation))
         sh = math.radians(rng.uniform(-self.shear, self.shear))
-        a = np.array([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]]) @ np.array(
-            [[1.0, math.tan(sh)], [0.0, 1.0]]) * sc
+        a = (
+            np.array([[math.cos(rot), -math.sin(rot)], [math.sin(rot), math.cos(rot)]])
+            @ np.array([[1.0, math.tan(sh)], [0.0, 1.0]])
+            * sc
+        )
         c = np.array([(w - 1) / 2, (h - 1) / 2])
         m = np.hstack([a, (c - a @ c)[:, None]]).astype(np.float64)
         if np.allclose(m, [[1, 0, 0], [0, 1, 0]]):
@@ -274,14 +307,17 @@ class RandomAffine:
         a_border = cv2.BORDER_REFLECT_101 if self.reflect_alpha else cv2.BORDER_CONSTANT
         for k in keys:
             if k == "trimap":
-                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_NEAREST, borderMode=a_border,
-                                           borderValue=0)
+                sample[k] = cv2.warpAffine(
+                    sample[k], m, (w, h), flags=cv2.INTER_NEAREST, borderMode=a_border, borderValue=0
+                )
             elif k == "alpha":
-                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=a_border,
-                                           borderValue=0)
+                sample[k] = cv2.warpAffine(
+                    sample[k], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=a_border, borderValue=0
+                )
             else:
-                sample[k] = cv2.warpAffine(sample[k], m, (w, h), flags=cv2.INTER_LINEAR,
-                                           borderMode=cv2.BORDER_REFLECT_101)
+                sample[k] = cv2.warpAffine(
+                    sample[k], m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+                )
         if "trimap" in keys:
             enforce_unknown(sample["trimap"], sample["alpha"])
         return sample
@@ -326,8 +362,9 @@ class CropAroundUnknown:
         unknown_prob: probability of centring on an unknown pixel.
     """
 
-    def __init__(self, sizes: Sequence[int] = (320, 480, 640), out_size: int | None = 320,
-                 unknown_prob: float = 1.0) -> None:
+    def __init__(
+        self, sizes: Sequence[int] = (320, 480, 640), out_size: int | None = 320, unknown_prob: float = 1.0
+    ) -> None:
         self.sizes, self.out_size, self.unknown_prob = tuple(int(s) for s in sizes), out_size, unknown_prob
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -361,8 +398,9 @@ class CropAroundUnknown:
         x0 = int(np.clip(cx - c // 2, 0, w - c))
         out = self.out_size or c
         for k in keys:
-            sample[k] = _resize(np.ascontiguousarray(sample[k][y0 : y0 + c, x0 : x0 + c]), out, out,
-                                nearest=(k == "trimap"))
+            sample[k] = _resize(
+                np.ascontiguousarray(sample[k][y0 : y0 + c, x0 : x0 + c]), out, out, nearest=(k == "trimap")
+            )
         if "trimap" in sample:
             enforce_unknown(sample["trimap"], sample["alpha"])
         return sample
@@ -385,8 +423,11 @@ class TwoForegroundComposite:
         prob: probability of applying (GCA: 0.5).
     """
 
-    def __init__(self, source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
-                 prob: float = 0.5) -> None:
+    def __init__(
+        self,
+        source: Callable[[np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
+        prob: float = 0.5,
+    ) -> None:
         self.source, self.prob = source, prob
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
@@ -463,8 +504,14 @@ class ColorJitter(_Photometric):
     Each key gets its own random draw (foreground and background vary independently, as in GCA).
     """
 
-    def __init__(self, hue: float = 20.0, saturation: float = 0.2, value: float = 0.2,
-                 keys: Sequence[str] = ("fg", "bg"), prob: float = 0.5) -> None:
+    def __init__(
+        self,
+        hue: float = 20.0,
+        saturation: float = 0.2,
+        value: float = 0.2,
+        keys: Sequence[str] = ("fg", "bg"),
+        prob: float = 0.5,
+    ) -> None:
         super().__init__(keys, prob)
         self.hue, self.saturation, self.value = hue, saturation, value
 
@@ -472,7 +519,9 @@ class ColorJitter(_Photometric):
         for k in self._targets(sample):
             if rng.random() >= self.prob:
                 continue
-            hsv = cv2.cvtColor(np.ascontiguousarray(sample[k], np.float32), cv2.COLOR_RGB2HSV)  # H in [0, 360)
+            hsv = cv2.cvtColor(
+                np.ascontiguousarray(sample[k], np.float32), cv2.COLOR_RGB2HSV
+            )  # H in [0, 360)
             hsv[..., 0] = np.mod(hsv[..., 0] + rng.uniform(-self.hue, self.hue), 360.0)
             hsv[..., 1] = np.clip(hsv[..., 1] * (1 + rng.uniform(-self.saturation, self.saturation)), 0, 1)
             hsv[..., 2] = np.clip(hsv[..., 2] * (1 + rng.uniform(-self.value, self.value)), 0, 1)
@@ -484,8 +533,9 @@ class ColorJitter(_Photometric):
 class GammaJitter(_Photometric):
     """``x ** γ`` with γ log-uniform in ``gamma`` (SIM config range 0.2–2; default milder 0.5–2)."""
 
-    def __init__(self, gamma: tuple[float, float] = (0.5, 2.0), keys: Sequence[str] = ("fg", "bg"),
-                 prob: float = 0.3) -> None:
+    def __init__(
+        self, gamma: tuple[float, float] = (0.5, 2.0), keys: Sequence[str] = ("fg", "bg"), prob: float = 0.3
+    ) -> None:
         super().__init__(keys, prob)
         self.gamma = tuple(gamma)
 
@@ -515,8 +565,9 @@ class ChannelShuffle(_Photometric):
 class GaussianNoise(_Photometric):
     """Additive Gaussian noise, σ uniform in ``sigma`` (in [0, 1] units), clipped to [0, 1]."""
 
-    def __init__(self, sigma: tuple[float, float] = (0.0, 0.03), keys: Sequence[str] = ("image",),
-                 prob: float = 0.3) -> None:
+    def __init__(
+        self, sigma: tuple[float, float] = (0.0, 0.03), keys: Sequence[str] = ("image",), prob: float = 0.3
+    ) -> None:
         super().__init__(keys, prob)
         self.sigma = tuple(sigma)
 
@@ -533,8 +584,9 @@ class GaussianNoise(_Photometric):
 class JpegArtifacts(_Photometric):
     """Re-encode as JPEG with quality uniform in ``quality`` (cv2.imencode) and decode again."""
 
-    def __init__(self, quality: tuple[int, int] = (40, 95), keys: Sequence[str] = ("image",),
-                 prob: float = 0.3) -> None:
+    def __init__(
+        self, quality: tuple[int, int] = (40, 95), keys: Sequence[str] = ("image",), prob: float = 0.3
+    ) -> None:
         super().__init__(keys, prob)
         self.quality = tuple(quality)
 
