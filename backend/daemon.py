@@ -175,7 +175,8 @@ def _devices(args: argparse.Namespace) -> list[str]:
     return devices
 
 
-def _worker_argv(args: argparse.Namespace, device: str, back: str, index: int, curve_files: tuple[str, str] | None) -> list[str]:
+def _worker_argv(args: argparse.Namespace, device: str, back: str, index: int, curve_files: tuple[str, str] | None,
+                 threads: int = 0) -> list[str]:
     argv = [sys.executable, "-m", "backend.worker", "--connect", back, "--device", device,
             "--precision", args.precision if device != "cpu" or args.precision == "bf16" else "fp32",
             "--name", f"{os.uname().nodename}/{device}#{index}", "--parent-pid", str(os.getpid()),
@@ -185,6 +186,8 @@ def _worker_argv(args: argparse.Namespace, device: str, back: str, index: int, c
                         ("--seed", args.seed)):
         if value is not None:
             argv += [flag, str(value)]
+    if threads:
+        argv += ["--threads", str(threads)]
     if args.max_jobs:
         argv += ["--max-jobs", str(args.max_jobs)]
     if args.max_rss_mb:
@@ -258,8 +261,12 @@ def serve(args: argparse.Namespace) -> int:
     pidfile = os.path.join(rundir, PIDFILE)
     with open(pidfile, "w") as fh:
         json.dump({"pid": os.getpid(), "endpoint": broker.front_endpoint, "workers": broker.back_endpoint}, fh)
-    specs = [WorkerSpec(dev, _worker_argv(args, dev, broker.back_endpoint, i, worker_keys))
-             for i, dev in enumerate(_devices(args))]
+    devices = _devices(args)
+    n_cpu = devices.count("cpu")
+    cpu_threads = max(1, (os.cpu_count() or 1) // n_cpu) if n_cpu > 1 else 0  # share the cores, don't fight
+    specs = [WorkerSpec(dev, _worker_argv(args, dev, broker.back_endpoint, i, worker_keys,
+                                          cpu_threads if dev == "cpu" else 0))
+             for i, dev in enumerate(devices)]
     supervisor = Supervisor(specs, broker)
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -503,6 +503,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="registry model name with random weights (tests/benchmarks), e.g. sim_tiny")
     parser.add_argument("--classifier", help="registry classifier name with --model, e.g. classifier_tiny")
     parser.add_argument("--seed", type=int, default=None, help="torch seed for --model random weights")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--handler", help="module:attribute of a custom job handler (tests)")
     parser.add_argument("--name", help="worker name shown by `semantic-matte status`")
     parser.add_argument("--max-jobs", type=int, default=0, help="recycle the process after N jobs (0 = never)")
@@ -519,6 +520,10 @@ def worker_main(args: argparse.Namespace) -> int:
     if args.handler:
         handler = load_handler(args.handler)
     else:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)  # several CPU workers must not oversubscribe the cores
         handler = build_predictor_handler(model=args.model, classifier=args.classifier, weights=args.weights,
                                           classifier_weights=args.classifier_weights, device=args.device,
                                           precision=args.precision, seed=args.seed)
