@@ -70,3 +70,16 @@ def test_batch_masks_and_cutout(daemon, tmp_path):
     assert counts["ok"] == 2 and counts["failed"] == 0
     rgba = np.asarray(Image.open(out / "img0_cutout.png"))
     assert rgba.shape[2] == 4
+
+
+def test_cluster_row_function_without_an_engine(tmp_path):
+    from backend.cluster import MatteRows
+
+    image, trimap = sample(40, 48)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(trimap).save(tmp_path / "a_tri.png")
+    fn = MatteRows(model="sim_tiny", classifier="classifier_tiny", device="cpu", seed=0)
+    out = fn({"image": [str(tmp_path / "a.png"), str(tmp_path / "missing.png")],
+              "trimap": [str(tmp_path / "a_tri.png")] * 2, "output": [str(tmp_path / "o" / "a.png"), str(tmp_path / "b.png")]})
+    assert out["status"][0] == "ok" and out["status"][1].startswith("error")
+    assert np.asarray(Image.open(tmp_path / "o" / "a.png")).shape == trimap.shape
