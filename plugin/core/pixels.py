@@ -62,7 +62,7 @@ def image_from_host(data: bytes, width: int, height: int, depth: str, order: str
     """Convert a host RGBA-like buffer to an RGB protocol image ``(bytes, dtype, (h, w, 3))``.
 
     depth: "U8" | "U16" | "F16" | "F32" (Krita names); order: "BGRA" or "RGBA" (channel order in memory,
-    native byte order); linear: float data on a linear transfer curve (converted to sRGB).
+    native byte order); linear: data on a linear transfer curve (converted to sRGB; U16 and floats).
     """
     itemsize = {"U8": 1, "U16": 2, "F16": 2, "F32": 4}[depth]
     if len(data) != width * height * 4 * itemsize:
@@ -74,6 +74,9 @@ def image_from_host(data: bytes, width: int, height: int, depth: str, order: str
         return rgb, U8, shape
     if depth == "U16":
         a = array("H", rgb)  # native order in, little-endian out
+        if linear:  # linear-light 16-bit (e.g. Krita's g10 profiles): encode to sRGB like the float path
+            tab = _linear_table()
+            a = array("H", [int(tab[v] * 65535.0 + 0.5) for v in a])
         return _le_bytes(a), U16, shape
     if depth == "F16":
         vals = array("f", struct.unpack("=%de" % (len(rgb) // 2), rgb))

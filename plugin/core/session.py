@@ -89,11 +89,12 @@ class MatteOutput:
     seconds: float = 0.0
 
 
-def _client(server: str, timeout: float):
+def _client(server: str, timeout: float, connect_timeout: float):
     from backend.client import Client  # imported late: needs zmq, which the host may lack
 
-    # retries=0: an editor user wants a quick, clear failure rather than silent re-sends.
-    return Client(server, timeout=timeout, retries=0, as_numpy=False)
+    # retries=0: an editor user wants a quick, clear failure rather than silent re-sends;
+    # connect_timeout: "daemon not running" is reported after seconds, not at the request deadline.
+    return Client(server, timeout=timeout, retries=0, as_numpy=False, connect_timeout=connect_timeout)
 
 
 def _classes_from_info(info: dict) -> tuple[str, ...]:
@@ -126,7 +127,7 @@ def probe(server: str, timeout: float = 3.0) -> ServerStatus:
     except ImportError as exc:  # pyzmq / msgpack missing in the host Python
         return ServerStatus(ConnectionState.ERROR, f"cannot load the client library ({exc}); re-run install_plugins")
     try:
-        with _client(server, timeout) as cl:
+        with _client(server, timeout, timeout) as cl:
             health = cl.health(timeout=timeout)
             info = cl.info(timeout=timeout)
     except (C.Unavailable, C.DeadlineExceeded):
@@ -140,7 +141,8 @@ def probe(server: str, timeout: float = 3.0) -> ServerStatus:
 
 
 def run_matte(server: str, job: MatteInput, *, timeout: float, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, poll_s: float = 0.1) -> MatteOutput:
+              cancel: threading.Event | None = None, connect_timeout: float = 3.0,
+              poll_s: float = 0.1) -> MatteOutput:
     """Send one matte request and wait for it, honouring ``cancel``. Raises client errors / JobCancelled."""
     from backend import client as C
 
@@ -156,7 +158,7 @@ def run_matte(server: str, job: MatteInput, *, timeout: float, progress: Progres
                "classes": [job.class_override] if job.class_override else None}
     if progress:
         progress("sending", 0.0)
-    with _client(server, timeout) as cl:
+    with _client(server, timeout, min(connect_timeout, timeout)) as cl:
         rid = cl.submit(P.MATTE, {"image": image, "trimap": trimap}, options, timeout=timeout, progress=progress)
         cancel_sent = 0.0
         while True:

@@ -1,0 +1,121 @@
+"""Krita 5.x: the installed plug-in inside real Krita (kritarunner offscreen + full GUI under Xvfb)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import hostkit
+
+pytestmark = [pytest.mark.krita, pytest.mark.skipif(hostkit.have_krita() is not None,
+                                                      reason=hostkit.have_krita() or "")]
+
+HERE = Path(__file__).resolve().parent
+SCREENSHOTS = hostkit.ROOT / "docs" / "screenshots"
+
+
+def _install(tmp: Path) -> dict:
+    """Install exactly as a user would, into a hermetic XDG profile."""
+    env = hostkit.host_env(XDG_DATA_HOME=str(tmp / "data"), XDG_CONFIG_HOME=str(tmp / "config"))
+    subprocess.run([sys.executable, str(hostkit.ROOT / "install" / "install_plugins.py"), "--krita",
+                    "--manifest", str(tmp / "manifest.json")], check=True, env=env, timeout=120)
+    return env  # no PYTHONPATH: Krita must find our code through the installed lib/, not the repo
+
+
+def _compare(out: Path, depth: str, daemon: str, image: str, exact: bool = True) -> None:
+    import numpy as np
+
+    tri = (out / f"{depth}.trimap.raw").read_bytes()
+    alpha, _, _ = hostkit.direct_alpha(daemon, image, tri)
+    got = np.frombuffer((out / f"{depth}.alpha.raw").read_bytes(), np.uint8).reshape(alpha.shape)
+    diff = np.abs(got.astype(int) - alpha.astype(int))
+    if exact:
+        assert diff.max() == 0, f"{depth}: max diff {diff.max()}"
+    else:  # float documents go through Krita's colour conversion and back
+        assert diff.mean() < 0.5 and (diff > 8).mean() < 0.002, f"{depth}: mean diff {diff.mean()}"
+
+
+def test_kritarunner_matte_all_depths(daemon: str, case: dict, tmp_path: Path) -> None:
+    env = _install(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = dict(case, out=str(out), pykrita=str(tmp_path / "data" / "krita" / "pykrita"), server=daemon, band=8,
+               depths=["U8", "U16", "F32"], dead_port=hostkit.free_port())
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env.update(QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(HERE / "krita_scripts"))
+    t0 = time.monotonic()
+    r = hostkit.run_bounded(["kritarunner", "-s", "kr_matte", "-f", "main", str(tmp_path / "cfg.json")],
+                            env, 150)
+    rep_path = out / "result.json"
+    assert rep_path.exists(), f"rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    rep = json.loads(rep_path.read_text())
+    assert "error" not in rep, rep["error"]
+    print(f"kritarunner {rep['krita']} python {rep['python']}: {time.monotonic() - t0:.1f} s", rep["cases"])
+    assert rep["load_error"] is None
+    assert rep["modules_numpy_torch"] == []  # the plug-in never pulls numpy/torch into Krita
+    # the plug-in read the pixels in the right channel order...
+    from PIL import Image
+
+    assert (out / "U8.image.raw").read_bytes() == Image.open(case["image"]).convert("RGB").tobytes()
+    # ...built the same trimap at every depth, and wrote the daemon's alpha into the cut-out layer
+    u8_tri = (out / "U8.trimap.raw").read_bytes()
+    for depth in ("U8", "U16", "F32"):
+        assert (out / f"{depth}.trimap.raw").read_bytes() == u8_tri
+        assert rep["cases"][depth]["layers"][:2] == ["Background", "Background (cut-out)"]
+    _compare(out, "U8", daemon, case["image"])
+    _compare(out, "U16", daemon, case["image"])
+    _compare(out, "F32", daemon, case["image"], exact=False)
+    down = rep["down"]
+    assert down["type"] == "Unavailable" and "semantic-matte serve" in down["error"] and down["seconds"] < 6
+
+
+def _gui_run(tmp: Path, daemon: str, case: dict, env: dict) -> dict:
+    pykrita = tmp / "data" / "krita" / "pykrita"
+    shutil.copytree(HERE / "krita_gui" / "semantic_matte_test", pykrita / "semantic_matte_test")
+    shutil.copy2(HERE / "krita_gui" / "semantic_matte_test.desktop", pykrita)
+    with open(tmp / "config" / "kritarc", "a") as f:
+        f.write("enable_semantic_matte_test=true\n")  # the [python] section is the last one install wrote
+    out = tmp / "gui"
+    out.mkdir()
+    cfg = dict(case, out=str(out), server=daemon, band=8, dead_port=hostkit.free_port(),
+               screenshot=str(out / "krita-dialog.png"))
+    env.update(SEMANTIC_MATTE_TEST_CONFIG=json.dumps(cfg))
+    r = hostkit.run_bounded(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", "krita", "--nosplash"], env, 180)
+    path = out / "result.json"
+    assert path.exists(), f"rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return json.loads(path.read_text())
+
+
+def test_krita_gui_action_mask_undo_and_daemon_down(daemon: str, case: dict, tmp_path: Path) -> None:
+    import numpy as np
+
+    env = _install(tmp_path)
+    t0 = time.monotonic()
+    rep = _gui_run(tmp_path, daemon, case, env)
+    print(f"Krita GUI run {time.monotonic() - t0:.1f} s:", json.dumps({k: v for k, v in rep.items() if k != 'log'}))
+    assert "error" not in rep, rep.get("error")
+    assert rep["docker"] and rep["dialog"]
+    assert rep["status_line"].startswith("Connected")
+    assert rep["ok"], rep["message"]
+    assert rep["children"] == [["Semantic Matte", "transparencymask"]]
+    tri = (tmp_path / "gui" / "trimap.raw").read_bytes()
+    alpha, _, _ = hostkit.direct_alpha(daemon, case["image"], tri)
+    got = np.frombuffer((tmp_path / "gui" / "mask.raw").read_bytes(), np.uint8).reshape(alpha.shape)
+    assert np.abs(got.astype(int) - alpha).max() == 0
+    assert rep["ticks_during_job"] >= 0.5 * rep["expected_ticks"]  # the GUI thread kept running
+    assert rep["children_after_undo"] == []  # one undo removes the result
+    down = rep["down"]
+    assert not down["ok"] and "semantic-matte serve" in down["message"]
+    assert down["seconds"] < 8 and down["ticks"] >= 0.5 * down["expected_ticks"]
+    assert (tmp_path / "gui" / "krita-dialog.png").stat().st_size > 10_000
+    if os.environ.get("SEMANTIC_MATTE_UPDATE_SCREENSHOTS"):  # refresh the README screenshots on request
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        for name in ("krita-dialog.png", "krita-window.png"):
+            shutil.copy2(tmp_path / "gui" / name, SCREENSHOTS / name)
