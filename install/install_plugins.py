@@ -35,6 +35,7 @@ SERVICE = "semantic-matte.service"
 
 # --- locations -----------------------------------------------------------------------------------
 
+
 def _home() -> Path:
     return Path.home()
 
@@ -67,6 +68,7 @@ def gimp_profile_dir() -> Path:
 
 # --- shared library copy -------------------------------------------------------------------------
 
+
 def _ignore(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n == "__pycache__" or n.endswith((".pyc", ".pyo"))]
 
@@ -85,20 +87,28 @@ def copy_lib(dest: Path) -> None:
 
 # --- Python dependencies -------------------------------------------------------------------------
 
+
 def host_has_deps(python: str | None) -> bool | None:
     """Can ``python`` import zmq and msgpack? None when that Python cannot be run from here."""
     if not python:
         return None
     try:
-        r = subprocess.run([python, "-c", "import zmq, msgpack"], capture_output=True, timeout=60)
+        r = subprocess.run(
+            [python, "-c", "import zmq, msgpack"], capture_output=True, timeout=60, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.returncode == 0
 
 
 def python_tag(python: str) -> tuple[str, str]:
-    out = subprocess.run([python, "-c", "import sys; print(sys.platform, '%d.%d' % sys.version_info[:2])"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout.split()
+    out = subprocess.run(
+        [python, "-c", "import sys; print(sys.platform, '%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     return out[0], out[1]
 
 
@@ -111,11 +121,34 @@ def vendor_deps(vendor: Path, plat: str, pyver: str, wheels: Path | None) -> Pat
         src = wheels
         if src is None:
             src = Path(tmp)
-            pip_plat = {"linux": "manylinux_2_28_x86_64" if platform.machine() in ("x86_64", "AMD64") else
-                        "manylinux_2_28_aarch64", "win32": "win_amd64", "darwin": "macosx_10_15_universal2"}[plat]
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--no-deps",
-                            "--python-version", pyver, "--platform", pip_plat, "-d", str(src),
-                            "pyzmq>=25", "msgpack>=1.0"], check=True, timeout=300)
+            pip_plat = {
+                "linux": "manylinux_2_28_x86_64"
+                if platform.machine() in ("x86_64", "AMD64")
+                else "manylinux_2_28_aarch64",
+                "win32": "win_amd64",
+                "darwin": "macosx_10_15_universal2",
+            }[plat]
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--quiet",
+                    "--only-binary=:all:",
+                    "--no-deps",
+                    "--python-version",
+                    pyver,
+                    "--platform",
+                    pip_plat,
+                    "-d",
+                    str(src),
+                    "pyzmq>=25",
+                    "msgpack>=1.0",
+                ],
+                check=True,
+                timeout=300,
+            )
         found = sorted(Path(src).glob("*.whl"))
         if not any(w.name.startswith("pyzmq") for w in found):
             raise SystemExit(f"no pyzmq wheel in {src}")
@@ -130,6 +163,7 @@ def vendor_deps(vendor: Path, plat: str, pyver: str, wheels: Path | None) -> Pat
 
 
 # --- Krita ---------------------------------------------------------------------------------------
+
 
 def set_kritarc_enabled(path: Path, enabled: bool) -> None:
     """Set ``enable_semantic_matte`` in the [python] section, keeping everything else byte for byte."""
@@ -174,11 +208,14 @@ def install_krita(args: argparse.Namespace) -> dict:
     rc = Path(args.kritarc) if args.kritarc else kritarc_path()
     set_kritarc_enabled(rc, True)
     print(f"Krita: installed {pkg} (enabled in {rc}); restart Krita, then Tools > Scripts > Semantic Matte…")
-    return {"krita": [str(pkg), str(pykrita / f"{KRITA_NAME}.desktop"), str(actions / f"{KRITA_NAME}.action")],
-            "kritarc": str(rc)}
+    return {
+        "krita": [str(pkg), str(pykrita / f"{KRITA_NAME}.desktop"), str(actions / f"{KRITA_NAME}.action")],
+        "kritarc": str(rc),
+    }
 
 
 # --- GIMP ----------------------------------------------------------------------------------------
+
 
 def install_gimp(args: argparse.Namespace) -> dict:
     plug_ins = Path(args.gimp_dir) if args.gimp_dir else gimp_profile_dir() / "plug-ins"
@@ -202,15 +239,22 @@ def _deps(args: argparse.Namespace, vendor: Path, python: str | None) -> None:
         if ok:
             return
         if ok is None and not args.wheels:
-            print(f"note: cannot check the editor's Python ({python}); if the plug-in reports missing pyzmq, "
-                  f"re-run with --vendor always")
+            print(
+                f"note: cannot check the editor's Python ({python}); if the plug-in reports missing pyzmq, "
+                f"re-run with --vendor always"
+            )
             return
-    plat, ver = python_tag(python) if python and host_has_deps(python) is not None else (sys.platform, args.python_version)
+    plat, ver = (
+        python_tag(python)
+        if python and host_has_deps(python) is not None
+        else (sys.platform, args.python_version)
+    )
     where = vendor_deps(vendor, plat, ver, Path(args.wheels) if args.wheels else None)
     print(f"vendored pyzmq + msgpack for Python {ver} into {where}")
 
 
 # --- daemon service ------------------------------------------------------------------------------
+
 
 def service_dir() -> Path:
     return Path(os.environ.get("XDG_CONFIG_HOME") or _home() / ".config") / "systemd" / "user"
@@ -231,6 +275,7 @@ def install_service(args: argparse.Namespace) -> dict:
 
 # --- manifest / uninstall ------------------------------------------------------------------------
 
+
 def manifest_path() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or _home() / ".local" / "share") / "semantic-matte" / MANIFEST
 
@@ -239,14 +284,20 @@ def uninstall(args: argparse.Namespace) -> None:
     mpath = Path(args.manifest) if args.manifest else manifest_path()
     data = json.loads(mpath.read_text()) if mpath.exists() else {}
     if not data:  # nothing recorded: fall back to the default locations
-        data = {"krita": [str(krita_resource_dir() / "pykrita" / KRITA_NAME),
-                          str(krita_resource_dir() / "pykrita" / f"{KRITA_NAME}.desktop"),
-                          str(krita_resource_dir() / "actions" / f"{KRITA_NAME}.action")],
-                "kritarc": str(kritarc_path()),
-                "gimp": [str(gimp_profile_dir() / "plug-ins" / GIMP_NAME)]}
+        data = {
+            "krita": [
+                str(krita_resource_dir() / "pykrita" / KRITA_NAME),
+                str(krita_resource_dir() / "pykrita" / f"{KRITA_NAME}.desktop"),
+                str(krita_resource_dir() / "actions" / f"{KRITA_NAME}.action"),
+            ],
+            "kritarc": str(kritarc_path()),
+            "gimp": [str(gimp_profile_dir() / "plug-ins" / GIMP_NAME)],
+        }
     if data.get("service") and shutil.which("systemctl"):
         subprocess.run(["systemctl", "--user", "disable", "--now", SERVICE], check=False)
-    for p in data.get("krita", []) + data.get("gimp", []) + ([data["service"]] if data.get("service") else []):
+    for p in (
+        data.get("krita", []) + data.get("gimp", []) + ([data["service"]] if data.get("service") else [])
+    ):
         path = Path(p)
         if path.is_dir():
             shutil.rmtree(path)
@@ -263,22 +314,39 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--krita", action="store_true", help="install the Krita plug-in")
     ap.add_argument("--gimp", action="store_true", help="install the GIMP 3 plug-in")
-    ap.add_argument("--service", action="store_true", help="install + start the daemon as a systemd user service")
+    ap.add_argument(
+        "--service", action="store_true", help="install + start the daemon as a systemd user service"
+    )
     ap.add_argument("--no-start", action="store_true", help="with --service: write the unit only")
     ap.add_argument("--uninstall", action="store_true")
     ap.add_argument("--krita-dir", help="pykrita folder (default: the user's Krita resource folder)")
     ap.add_argument("--kritarc", help="kritarc to enable the plug-in in (default: the user's)")
     ap.add_argument("--gimp-dir", help="GIMP 3 plug-ins folder (default: <GIMP 3 profile>/plug-ins)")
-    ap.add_argument("--vendor", choices=("auto", "always", "never"), default="auto",
-                    help="bundle pyzmq + msgpack into the plug-in (auto: only when the editor's Python lacks them)")
+    ap.add_argument(
+        "--vendor",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="bundle pyzmq + msgpack into the plug-in (auto: only when the editor's Python lacks them)",
+    )
     ap.add_argument("--wheels", help="folder with pyzmq / msgpack wheels to vendor (offline install)")
-    ap.add_argument("--krita-python", default="/usr/bin/python3" if sys.platform.startswith("linux") else None,
-                    help="the Python Krita embeds, to check for pyzmq (Linux distro Krita: /usr/bin/python3)")
-    ap.add_argument("--gimp-python", default="/usr/bin/python3" if sys.platform.startswith("linux") else None,
-                    help="the Python GIMP runs plug-ins with")
-    ap.add_argument("--python-version", default="%d.%d" % sys.version_info[:2],
-                    help="editor Python version when it cannot be run from here (wheel selection)")
-    ap.add_argument("--manifest", help="where to record installed paths (default: ~/.local/share/semantic-matte)")
+    ap.add_argument(
+        "--krita-python",
+        default="/usr/bin/python3" if sys.platform.startswith("linux") else None,
+        help="the Python Krita embeds, to check for pyzmq (Linux distro Krita: /usr/bin/python3)",
+    )
+    ap.add_argument(
+        "--gimp-python",
+        default="/usr/bin/python3" if sys.platform.startswith("linux") else None,
+        help="the Python GIMP runs plug-ins with",
+    )
+    ap.add_argument(
+        "--python-version",
+        default="{}.{}".format(*sys.version_info[:2]),
+        help="editor Python version when it cannot be run from here (wheel selection)",
+    )
+    ap.add_argument(
+        "--manifest", help="where to record installed paths (default: ~/.local/share/semantic-matte)"
+    )
     args = ap.parse_args(argv)
     if args.uninstall:
         uninstall(args)

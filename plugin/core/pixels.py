@@ -53,12 +53,13 @@ def split_channels(data: bytes, channels: int, order: tuple[int, ...], itemsize:
     step_in, step_out = channels * itemsize, len(order) * itemsize
     for j, c in enumerate(order):
         for b in range(itemsize):  # byte-wise copy keeps multi-byte samples intact
-            out[j * itemsize + b::step_out] = data[c * itemsize + b::step_in]
+            out[j * itemsize + b :: step_out] = data[c * itemsize + b :: step_in]
     return bytes(out)
 
 
-def image_from_host(data: bytes, width: int, height: int, depth: str, order: str,
-                    *, linear: bool = False) -> tuple[bytes, str, tuple[int, int, int]]:
+def image_from_host(
+    data: bytes, width: int, height: int, depth: str, order: str, *, linear: bool = False
+) -> tuple[bytes, str, tuple[int, int, int]]:
     """Convert a host RGBA-like buffer to an RGB protocol image ``(bytes, dtype, (h, w, 3))``.
 
     depth: "U8" | "U16" | "F16" | "F32" (Krita names); order: "BGRA" or "RGBA" (channel order in memory,
@@ -66,7 +67,9 @@ def image_from_host(data: bytes, width: int, height: int, depth: str, order: str
     """
     itemsize = {"U8": 1, "U16": 2, "F16": 2, "F32": 4}[depth]
     if len(data) != width * height * 4 * itemsize:
-        raise ValueError(f"{depth} {order} buffer has {len(data)} bytes, expected {width * height * 4 * itemsize}")
+        raise ValueError(
+            f"{depth} {order} buffer has {len(data)} bytes, expected {width * height * 4 * itemsize}"
+        )
     rgb_idx = (2, 1, 0) if order == "BGRA" else (0, 1, 2)
     shape = (height, width, 3)
     rgb = split_channels(data, 4, rgb_idx, itemsize)
@@ -79,10 +82,12 @@ def image_from_host(data: bytes, width: int, height: int, depth: str, order: str
             a = array("H", [int(tab[v] * 65535.0 + 0.5) for v in a])
         return _le_bytes(a), U16, shape
     if depth == "F16":
-        vals = array("f", struct.unpack("=%de" % (len(rgb) // 2), rgb))
+        vals = array("f", struct.unpack(f"={len(rgb) // 2}e", rgb))
     else:
         vals = array("f", rgb)
-    vals = _floats_to_srgb(vals) if linear else array("f", [0.0 if v < 0 else 1.0 if v > 1 else v for v in vals])
+    vals = (
+        _floats_to_srgb(vals) if linear else array("f", [0.0 if v < 0 else 1.0 if v > 1 else v for v in vals])
+    )
     return _le_bytes(vals), F32, shape
 
 
@@ -142,7 +147,7 @@ def u8_to_depth(mask: bytes, depth: str) -> bytes:
     if depth == "U16":
         return array("H", [v * 257 for v in mask]).tobytes()
     if depth == "F16":
-        return struct.pack("=%de" % len(mask), *[v / 255.0 for v in mask])
+        return struct.pack(f"={len(mask)}e", *[v / 255.0 for v in mask])
     if depth == "F32":
         return array("f", [v / 255.0 for v in mask]).tobytes()
     raise ValueError(depth)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from backend import protocol as P
 from backend.classes import SIMD_CLASSES
@@ -125,7 +126,9 @@ def probe(server: str, timeout: float = 3.0) -> ServerStatus:
     try:
         from backend import client as C
     except ImportError as exc:  # pyzmq / msgpack missing in the host Python
-        return ServerStatus(ConnectionState.ERROR, f"cannot load the client library ({exc}); re-run install_plugins")
+        return ServerStatus(
+            ConnectionState.ERROR, f"cannot load the client library ({exc}); re-run install_plugins"
+        )
     try:
         with _client(server, timeout, timeout) as cl:
             health = cl.health(timeout=timeout)
@@ -134,15 +137,22 @@ def probe(server: str, timeout: float = 3.0) -> ServerStatus:
         return ServerStatus(ConnectionState.NOT_RUNNING, f"no answer from {server}")
     except C.ServerError as exc:
         return ServerStatus(ConnectionState.ERROR, str(exc))
-    except Exception as exc:  # e.g. a malformed address: zmq.ZMQError("Invalid argument")
+    except Exception as exc:  # noqa: BLE001 - e.g. a malformed address: zmq.ZMQError("Invalid argument")
         return ServerStatus(ConnectionState.ERROR, f"{server}: {exc}")
     state = ConnectionState.CONNECTED if health.get("ready", True) else ConnectionState.STARTING
     return ServerStatus(state, "", _classes_from_info(info), _model_from_info(info), info)
 
 
-def run_matte(server: str, job: MatteInput, *, timeout: float, progress: ProgressFn | None = None,
-              cancel: threading.Event | None = None, connect_timeout: float = 3.0,
-              poll_s: float = 0.1) -> MatteOutput:
+def run_matte(
+    server: str,
+    job: MatteInput,
+    *,
+    timeout: float,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+    connect_timeout: float = 3.0,
+    poll_s: float = 0.1,
+) -> MatteOutput:
     """Send one matte request and wait for it, honouring ``cancel``. Raises client errors / JobCancelled."""
     from backend import client as C
 
@@ -154,12 +164,17 @@ def run_matte(server: str, job: MatteInput, *, timeout: float, progress: Progres
         outputs.append(P.OUT_SEMANTIC)
     image = P.RawArray(job.image, job.image_dtype, (job.height, job.width, 3))
     trimap = P.RawArray(job.trimap, "|u1", (job.height, job.width))
-    options = {"outputs": outputs, "alpha_dtype": "u1",
-               "classes": [job.class_override] if job.class_override else None}
+    options = {
+        "outputs": outputs,
+        "alpha_dtype": "u1",
+        "classes": [job.class_override] if job.class_override else None,
+    }
     if progress:
         progress("sending", 0.0)
     with _client(server, timeout, min(connect_timeout, timeout)) as cl:
-        rid = cl.submit(P.MATTE, {"image": image, "trimap": trimap}, options, timeout=timeout, progress=progress)
+        rid = cl.submit(
+            P.MATTE, {"image": image, "trimap": trimap}, options, timeout=timeout, progress=progress
+        )
         cancel_sent = 0.0
         while True:
             if cancel is not None and cancel.is_set() and not cancel_sent:
@@ -223,6 +238,18 @@ def format_shares(shares: dict, top: int = 3) -> str:
 
 
 __all__ = [
-    "START_HINT", "ConnectionState", "JobState", "JobCancelled", "ServerStatus", "MatteInput", "MatteOutput",
-    "probe", "run_matte", "describe_error", "format_shares", "U8", "U16", "F32",
+    "F32",
+    "START_HINT",
+    "U8",
+    "U16",
+    "ConnectionState",
+    "JobCancelled",
+    "JobState",
+    "MatteInput",
+    "MatteOutput",
+    "ServerStatus",
+    "describe_error",
+    "format_shares",
+    "probe",
+    "run_matte",
 ]

@@ -23,7 +23,7 @@ def default_server() -> str:
 
         fn = getattr(protocol, "default_endpoint", None)
         return str(fn()) if callable(fn) else str(getattr(protocol, "DEFAULT_ENDPOINT", DEFAULT_SERVER))
-    except Exception:  # why: settings must load even when the backend copy is damaged
+    except Exception:  # noqa: BLE001 - settings must load even when the backend copy is damaged
         return DEFAULT_SERVER
 
 
@@ -44,7 +44,7 @@ class Settings:
             self.server = default_server()
 
     # -- validation -------------------------------------------------------------------------------
-    def validated(self) -> "Settings":
+    def validated(self) -> Settings:
         """Copy with every out-of-range / mistyped field replaced by its default."""
         d = Settings()
         out = Settings(**asdict(self))
@@ -69,7 +69,7 @@ class Settings:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "Settings":
+    def from_dict(cls, data: Any) -> Settings:
         if not isinstance(data, dict):
             return cls()
         known = {f.name for f in fields(cls)}
@@ -80,7 +80,7 @@ class Settings:
         return s.validated()
 
     @classmethod
-    def from_json(cls, text: str | None) -> "Settings":
+    def from_json(cls, text: str | None) -> Settings:
         try:
             return cls.from_dict(json.loads(text or "{}"))
         except ValueError:

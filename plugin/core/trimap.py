@@ -15,8 +15,8 @@ from backend.protocol import TRIMAP_BG, TRIMAP_FG, TRIMAP_UNKNOWN
 
 __all__ = [
     "dilate",
-    "trimap_from_selection",
     "trimap_from_grey",
+    "trimap_from_selection",
     "trimap_stats",
 ]
 
@@ -39,7 +39,7 @@ class _Grid:
         w, pad = self.w, self.pad
         if pad:
             zeros = b"\x00" * pad
-            mask01 = b"".join(mask01[y * w:(y + 1) * w] + zeros for y in range(self.h))
+            mask01 = b"".join(mask01[y * w : (y + 1) * w] + zeros for y in range(self.h))
         return int.from_bytes(mask01, "big")
 
     def to_bytes(self, value: int) -> bytes:
@@ -47,7 +47,7 @@ class _Grid:
         if not self.pad:
             return data
         s, w = self.stride, self.w
-        return b"".join(data[y * s:y * s + w] for y in range(self.h))
+        return b"".join(data[y * s : y * s + w] for y in range(self.h))
 
     def dilate(self, m: int, radius: int) -> int:
         """Square (Chebyshev) dilation by ``radius`` px: separable, log2(radius) shift steps per axis."""
@@ -87,8 +87,9 @@ def _compose(g: _Grid, fg: int, unknown: int) -> bytes:
     return g.to_bytes(value)
 
 
-def trimap_from_selection(selection: bytes, width: int, height: int, band: int,
-                          *, tolerance: int = 2) -> bytes:
+def trimap_from_selection(
+    selection: bytes, width: int, height: int, band: int, *, tolerance: int = 2
+) -> bytes:
     """Build a trimap from an 8-bit selection mask (one byte per pixel, 255 = selected).
 
     * fully selected (>= 255 - tolerance) -> foreground, unselected (<= tolerance) -> background;
@@ -108,8 +109,9 @@ def trimap_from_selection(selection: bytes, width: int, height: int, band: int,
     return _compose(g, fg & ~unknown, unknown)
 
 
-def trimap_from_grey(grey: bytes, width: int, height: int, alpha: bytes | None = None,
-                     *, tolerance: int = 16) -> bytes:
+def trimap_from_grey(
+    grey: bytes, width: int, height: int, alpha: bytes | None = None, *, tolerance: int = 16
+) -> bytes:
     """Trimap from a painted layer: black -> bg, white -> fg, anything in between -> unknown.
 
     ``alpha`` (optional, one byte per pixel): pixels less than half opaque count as background, so

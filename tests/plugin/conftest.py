@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hostkit  # noqa: E402
+import hostkit
 
 
 @pytest.fixture(scope="session")

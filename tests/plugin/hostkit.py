@@ -23,8 +23,11 @@ def host_env(**extra: str) -> dict:
     Why: an embedded Python derives its prefix from the first python3 on PATH; a pyenv shim there makes
     Krita load pyenv's stdlib, which has no PyQt5 ("Cannot load the PyKrita module").
     """
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV", "CONDA", "_PYENV"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYENV", "PYTHON", "VIRTUAL_ENV", "CONDA", "_PYENV"))
+    }
     env["PATH"] = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env.update(extra)
     return env
@@ -32,8 +35,9 @@ def host_env(**extra: str) -> dict:
 
 def run_bounded(cmd: list[str], env: dict, timeout: float, **kw) -> subprocess.CompletedProcess:
     """Run an editor in its own process group and kill the whole group on timeout (Krita, Xvfb, GIMP)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, **kw)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -55,12 +59,22 @@ class Daemon:
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
-        self.log = open(log_dir / "daemon.log", "wb")
+        self.log = open(log_dir / "daemon.log", "wb")  # noqa: SIM115 - closed in stop()
         env = dict(os.environ, PYTHONPATH=str(ROOT), SEMANTIC_MATTE_RUNTIME_DIR=str(log_dir / "run"))
-        cmd = [sys.executable, "-m", "backend.cli", "serve", "--bind", self.address,
-               "--worker-bind", f"tcp://127.0.0.1:{free_port()}", *TINY_MODEL]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "backend.cli",
+            "serve",
+            "--bind",
+            self.address,
+            "--worker-bind",
+            f"tcp://127.0.0.1:{free_port()}",
+            *TINY_MODEL,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         from backend.client import Client, ServerError
@@ -89,19 +103,38 @@ class Daemon:
         self.log.close()
 
 
-def test_image(name: str = "GT01") -> tuple[Path, Path]:
-    """(image, ground-truth alpha) from the alphamatting set, else the bundled example."""
+def synthetic_example(tmp: Path) -> tuple[Path, Path]:
+    """A generated stand-in (textured background, soft-edged disc): no data set needed."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = 248, 400
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    bg = np.stack(
+        [120 + 60 * np.sin(xx / 9), 90 + 50 * np.cos(yy / 13), 60 + 40 * np.sin((xx + yy) / 17)], -1
+    )
+    r = np.hypot(xx - w / 2, yy - h / 2) + 6 * np.sin(np.arctan2(yy - h / 2, xx - w / 2) * 12)
+    alpha = np.clip((80 - r) / 6 + 0.5, 0, 1)
+    fg = np.stack([230 + 0 * xx, 140 + 40 * np.sin(yy / 5), 40 + 0 * xx], -1)
+    img = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(tmp / "example.png")
+    Image.fromarray((alpha * 255).astype(np.uint8)).save(tmp / "example_alpha.png")
+    return tmp / "example.png", tmp / "example_alpha.png"
+
+
+def example_image(tmp: Path, name: str = "GT01") -> tuple[Path, Path]:
+    """(image, ground-truth alpha) from the alphamatting set, else a generated example."""
     img, alpha = ALPHAMATTING / "image" / f"{name}.png", ALPHAMATTING / "alpha" / f"{name}.png"
     if img.is_file() and alpha.is_file():
         return img, alpha
-    return ROOT / "tests" / "plugin" / "data" / "example.png", ROOT / "tests" / "plugin" / "data" / "example_alpha.png"
+    return synthetic_example(tmp)
 
 
 def prepare_case(tmp: Path, name: str = "GT01", scale: int = 2) -> dict:
     """Downscaled test image (PNG) + the subject selection (one byte per pixel) derived from its alpha."""
     from PIL import Image
 
-    img_path, alpha_path = test_image(name)
+    img_path, alpha_path = example_image(tmp, name)
     img = Image.open(img_path).convert("RGB")
     alpha = Image.open(alpha_path).convert("L")
     size = (img.width // scale, img.height // scale)
@@ -109,8 +142,12 @@ def prepare_case(tmp: Path, name: str = "GT01", scale: int = 2) -> dict:
     img.save(tmp / "image.png")
     sel = alpha.point(lambda v: 255 if v >= 128 else 0)
     (tmp / "selection.raw").write_bytes(sel.tobytes())
-    return {"image": str(tmp / "image.png"), "selection": str(tmp / "selection.raw"), "width": size[0],
-            "height": size[1]}
+    return {
+        "image": str(tmp / "image.png"),
+        "selection": str(tmp / "selection.raw"),
+        "width": size[0],
+        "height": size[1],
+    }
 
 
 def direct_alpha(address: str, image_png: str, trimap: bytes, *, foreground: bool = False):
@@ -132,7 +169,9 @@ def have_krita() -> str | None:
     missing = [b for b in ("krita", "kritarunner", "xvfb-run") if shutil.which(b) is None]
     if missing:
         return f"Krita host not installed ({', '.join(missing)} missing): run install/hosts.sh krita"
-    r = subprocess.run(["/usr/bin/python3", "-c", "import PyQt5, zmq, msgpack"], capture_output=True)
+    r = subprocess.run(
+        ["/usr/bin/python3", "-c", "import PyQt5, zmq, msgpack"], capture_output=True, check=False
+    )
     if r.returncode:
         return "python3-pyqt5 / python3-zmq / python3-msgpack missing for Krita: run install/hosts.sh krita"
     return None
@@ -149,17 +188,25 @@ def have_gimp() -> str | None:
 def run_in_chroot(command: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run ``command`` (bash) in the GIMP 3 chroot with /tmp shared (test files live under /tmp)."""
     target = CHROOT / "tmp"
-    mounted = subprocess.run(["mountpoint", "-q", str(target)]).returncode == 0
+    mounted = subprocess.run(["mountpoint", "-q", str(target)], check=False).returncode == 0
     if not mounted:
         subprocess.run(["mount", "--bind", "/tmp", str(target)], check=True)
     try:
-        envs = [f"{k}={v}" for k, v in {"HOME": "/root", "PATH": "/usr/local/bin:/usr/bin:/bin",
-                                           "LANG": "C.UTF-8", **env}.items()]
-        return run_bounded(["chroot", str(CHROOT), "/usr/bin/env", "-i", *envs, "bash", "-c", command], host_env(),
-                           timeout)
+        envs = [
+            f"{k}={v}"
+            for k, v in {
+                "HOME": "/root",
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "LANG": "C.UTF-8",
+                **env,
+            }.items()
+        ]
+        return run_bounded(
+            ["chroot", str(CHROOT), "/usr/bin/env", "-i", *envs, "bash", "-c", command], host_env(), timeout
+        )
     finally:
         if not mounted:  # an exiting Xvfb can keep the mount busy for a moment
             for _ in range(20):
-                if subprocess.run(["umount", str(target)], capture_output=True).returncode == 0:
+                if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode == 0:
                     break
                 time.sleep(0.5)

@@ -10,22 +10,40 @@ import sys
 import time
 from pathlib import Path
 
+import hostkit
 import pytest
 
-import hostkit
-
-pytestmark = [pytest.mark.krita, pytest.mark.skipif(hostkit.have_krita() is not None,
-                                                      reason=hostkit.have_krita() or "")]
+pytestmark = [
+    pytest.mark.krita,
+    pytest.mark.skipif(hostkit.have_krita() is not None, reason=hostkit.have_krita() or ""),
+]
 
 HERE = Path(__file__).resolve().parent
 SCREENSHOTS = hostkit.ROOT / "docs" / "screenshots"
 
 
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One hermetic Krita profile for the module: Krita builds its resource database once (~10 s)."""
+    tmp = tmp_path_factory.mktemp("krita")
+    return tmp, _install(tmp)
+
+
 def _install(tmp: Path) -> dict:
     """Install exactly as a user would, into a hermetic XDG profile."""
     env = hostkit.host_env(XDG_DATA_HOME=str(tmp / "data"), XDG_CONFIG_HOME=str(tmp / "config"))
-    subprocess.run([sys.executable, str(hostkit.ROOT / "install" / "install_plugins.py"), "--krita",
-                    "--manifest", str(tmp / "manifest.json")], check=True, env=env, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(hostkit.ROOT / "install" / "install_plugins.py"),
+            "--krita",
+            "--manifest",
+            str(tmp / "manifest.json"),
+        ],
+        check=True,
+        env=env,
+        timeout=120,
+    )
     return env  # no PYTHONPATH: Krita must find our code through the installed lib/, not the repo
 
 
@@ -42,17 +60,28 @@ def _compare(out: Path, depth: str, daemon: str, image: str, exact: bool = True)
         assert diff.mean() < 0.5 and (diff > 8).mean() < 0.002, f"{depth}: mean diff {diff.mean()}"
 
 
-def test_kritarunner_matte_all_depths(daemon: str, case: dict, tmp_path: Path) -> None:
-    env = _install(tmp_path)
+def test_kritarunner_matte_all_depths(
+    daemon: str, case: dict, profile: tuple[Path, dict], tmp_path: Path
+) -> None:
+    prof, env = profile
+    env = dict(env)
     out = tmp_path / "out"
     out.mkdir()
-    cfg = dict(case, out=str(out), pykrita=str(tmp_path / "data" / "krita" / "pykrita"), server=daemon, band=8,
-               depths=["U8", "U16", "F32"], dead_port=hostkit.free_port())
+    cfg = dict(
+        case,
+        out=str(out),
+        pykrita=str(prof / "data" / "krita" / "pykrita"),
+        server=daemon,
+        band=8,
+        depths=["U8", "U16", "F32"],
+        dead_port=hostkit.free_port(),
+    )
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     env.update(QT_QPA_PLATFORM="offscreen", PYTHONPATH=str(HERE / "krita_scripts"))
     t0 = time.monotonic()
-    r = hostkit.run_bounded(["kritarunner", "-s", "kr_matte", "-f", "main", str(tmp_path / "cfg.json")],
-                            env, 150)
+    r = hostkit.run_bounded(
+        ["kritarunner", "-s", "kr_matte", "-f", "main", str(tmp_path / "cfg.json")], env, 150
+    )
     rep_path = out / "result.json"
     assert rep_path.exists(), f"rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     rep = json.loads(rep_path.read_text())
@@ -76,30 +105,44 @@ def test_kritarunner_matte_all_depths(daemon: str, case: dict, tmp_path: Path) -
     assert down["type"] == "Unavailable" and "semantic-matte serve" in down["error"] and down["seconds"] < 6
 
 
-def _gui_run(tmp: Path, daemon: str, case: dict, env: dict) -> dict:
-    pykrita = tmp / "data" / "krita" / "pykrita"
+def _gui_run(prof: Path, tmp: Path, daemon: str, case: dict, env: dict) -> dict:
+    pykrita = prof / "data" / "krita" / "pykrita"
     shutil.copytree(HERE / "krita_gui" / "semantic_matte_test", pykrita / "semantic_matte_test")
     shutil.copy2(HERE / "krita_gui" / "semantic_matte_test.desktop", pykrita)
-    with open(tmp / "config" / "kritarc", "a") as f:
+    with open(prof / "config" / "kritarc", "a") as f:
         f.write("enable_semantic_matte_test=true\n")  # the [python] section is the last one install wrote
     out = tmp / "gui"
     out.mkdir()
-    cfg = dict(case, out=str(out), server=daemon, band=8, dead_port=hostkit.free_port(),
-               screenshot=str(out / "krita-dialog.png"))
+    cfg = dict(
+        case,
+        out=str(out),
+        server=daemon,
+        band=8,
+        dead_port=hostkit.free_port(),
+        screenshot=str(out / "krita-dialog.png"),
+    )
     env.update(SEMANTIC_MATTE_TEST_CONFIG=json.dumps(cfg))
-    r = hostkit.run_bounded(["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", "krita", "--nosplash"], env, 180)
+    r = hostkit.run_bounded(
+        ["xvfb-run", "-a", "-s", "-screen 0 1400x900x24", "krita", "--nosplash"], env, 180
+    )
     path = out / "result.json"
     assert path.exists(), f"rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     return json.loads(path.read_text())
 
 
-def test_krita_gui_action_mask_undo_and_daemon_down(daemon: str, case: dict, tmp_path: Path) -> None:
+def test_krita_gui_action_mask_undo_and_daemon_down(
+    daemon: str, case: dict, profile: tuple[Path, dict], tmp_path: Path
+) -> None:
     import numpy as np
 
-    env = _install(tmp_path)
+    prof, env = profile
+    env = dict(env)
     t0 = time.monotonic()
-    rep = _gui_run(tmp_path, daemon, case, env)
-    print(f"Krita GUI run {time.monotonic() - t0:.1f} s:", json.dumps({k: v for k, v in rep.items() if k != 'log'}))
+    rep = _gui_run(prof, tmp_path, daemon, case, env)
+    print(
+        f"Krita GUI run {time.monotonic() - t0:.1f} s:",
+        json.dumps({k: v for k, v in rep.items() if k != "log"}),
+    )
     assert "error" not in rep, rep.get("error")
     assert rep["docker"] and rep["dialog"]
     assert rep["status_line"].startswith("Connected")
@@ -111,6 +154,24 @@ def test_krita_gui_action_mask_undo_and_daemon_down(daemon: str, case: dict, tmp
     assert np.abs(got.astype(int) - alpha).max() == 0
     assert rep["ticks_during_job"] >= 0.5 * rep["expected_ticks"]  # the GUI thread kept running
     assert rep["children_after_undo"] == []  # one undo removes the result
+    cancel = rep["cancel"]
+    assert not cancel["ok"] and cancel["message"] == "Cancelled." and cancel["children"] == []
+    lay = rep["layer"]
+    assert lay["ok"], lay["message"]
+    assert lay["semantic_requested"]
+    assert lay["layers"][:3] == ["Background", "Background (cut-out)", "Semantic map"], lay["layers"]
+    assert lay["source_visible"] is False
+    tri2 = (tmp_path / "gui" / "trimap_layer.raw").read_bytes()
+    alpha2, fg2, _ = hostkit.direct_alpha(daemon, case["image"], tri2, foreground=True)
+    cut = np.frombuffer((tmp_path / "gui" / "cutout.raw").read_bytes(), np.uint8).reshape(alpha2.shape + (4,))
+    assert np.abs(cut[..., 3].astype(int) - alpha2).max() == 0
+    # colours: the daemon's decontaminated foreground (BGRA in Krita), 8-bit rounded
+    fg8 = np.clip(np.rint(fg2 * 255), 0, 255).astype(int)[..., ::-1]
+    assert np.abs(cut[..., :3].astype(int) - fg8).max() <= 1
+    # one undo per created layer (the "Selection Mask" node is Krita's global selection, not ours)
+    print("after undos:", lay["after_undos"])
+    assert [n for n in lay["after_undos"][1] if n != "Selection Mask"] == ["Background [hidden]"]
+    assert lay["source_visible_after_undo"], lay["after_undos"]  # the third undo shows the source again
     down = rep["down"]
     assert not down["ok"] and "semantic-matte serve" in down["message"]
     assert down["seconds"] < 8 and down["ticks"] >= 0.5 * down["expected_ticks"]

@@ -21,13 +21,19 @@ def _setup_paths() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     lib = os.path.join(here, "lib")
     repo = os.path.abspath(os.path.join(here, "..", "..", ".."))
-    paths = [lib] if os.path.isdir(lib) else [repo] if os.path.isfile(os.path.join(repo, "backend", "client.py")) else []
+    paths = (
+        [lib]
+        if os.path.isdir(lib)
+        else [repo]
+        if os.path.isfile(os.path.join(repo, "backend", "client.py"))
+        else []
+    )
     try:
-        import zmq  # noqa: F401
         import msgpack  # noqa: F401
+        import zmq  # noqa: F401
     except ImportError:
-        tag = "%s-cp%d%d" % (sys.platform, *sys.version_info[:2])
-        for name in (tag, "%s-abi3" % sys.platform if sys.version_info >= (3, 12) else "", "common"):
+        tag = "{}-cp{}{}".format(sys.platform, *sys.version_info[:2])
+        for name in (tag, f"{sys.platform}-abi3" if sys.version_info >= (3, 12) else "", "common"):
             p = os.path.join(here, "vendor", name)
             if name and os.path.isdir(p):
                 paths.append(p)
@@ -38,24 +44,26 @@ def _setup_paths() -> None:
 
 _setup_paths()
 
-import gi  # noqa: E402
+import gi
 
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GLib, GObject  # noqa: E402
+from gi.repository import Gegl, Gimp, GLib, GObject
 
 PROC = "plug-in-semantic-matte"
 OUTPUTS = (("mask", "Layer mask"), ("layer", "Cut-out layer (decontaminated colours)"))
 SOURCES = (("selection", "Selection + band"), ("layer", "Trimap layer (by name)"))
 
 try:  # the shared code; a broken install must still register and report itself
-    from plugin.core import pixels, session, trimap
+    from plugin.core import pixels, preview, session, trimap
     from plugin.core.settings import Settings
 
     LOAD_ERROR = ""
 except ImportError as _exc:
-    LOAD_ERROR = (f"Semantic Matte cannot load its libraries ({_exc}); re-run install_plugins.py or install "
-                  f"python3-zmq / python3-msgpack for GIMP's Python {sys.version.split()[0]}")
+    LOAD_ERROR = (
+        f"Semantic Matte cannot load its libraries ({_exc}); re-run install_plugins.py or install "
+        f"python3-zmq / python3-msgpack for GIMP's Python {sys.version.split()[0]}"
+    )
 
 try:
     from backend.classes import SIMD_CLASSES
@@ -67,7 +75,7 @@ def _fail(procedure, msg: str, status=Gimp.PDBStatusType.EXECUTION_ERROR):
     return procedure.new_return_values(status, GLib.Error(msg))
 
 
-def _choice(pairs) -> "Gimp.Choice":
+def _choice(pairs) -> Gimp.Choice:
     c = Gimp.Choice.new()
     for i, (nick, label) in enumerate(pairs):
         c.add(nick, i, label, "")
@@ -85,7 +93,7 @@ def _format_for(image) -> tuple[str, str]:
     return "R'G'B' float", pixels.F32  # u32 / half / float / double; "'" = perceptual (sRGB TRC)
 
 
-def _read_inputs(image, layer, s: "Settings") -> "session.MatteInput":
+def _read_inputs(image, layer, s: Settings) -> session.MatteInput:
     w, h = layer.get_width(), layer.get_height()
     ox, oy = layer.get_offsets()[1:]
     rect = Gegl.Rectangle.new(0, 0, w, h)
@@ -94,37 +102,62 @@ def _read_inputs(image, layer, s: "Settings") -> "session.MatteInput":
     if s.trimap_source == "layer":
         tl = image.get_layer_by_name(s.trimap_layer)
         if tl is None:
-            raise ValueError(f"No layer named '{s.trimap_layer}' (white = foreground, black = background, grey = unknown)")
+            raise ValueError(
+                f"No layer named '{s.trimap_layer}' (white = foreground, black = background, grey = unknown)"
+            )
         tox, toy = tl.get_offsets()[1:]
-        ya = bytes(tl.get_buffer().get(Gegl.Rectangle.new(ox - tox, oy - toy, w, h), 1.0, "Y'A u8",
-                                        Gegl.AbyssPolicy.NONE))
+        ya = bytes(
+            tl.get_buffer().get(
+                Gegl.Rectangle.new(ox - tox, oy - toy, w, h), 1.0, "Y'A u8", Gegl.AbyssPolicy.NONE
+            )
+        )
         tri = trimap.trimap_from_grey(ya[0::2], w, h, ya[1::2])
     else:
         bounds = Gimp.Selection.bounds(image)
         if not bounds[1]:
             raise ValueError("Select the subject first (any selection tool), or use a trimap layer")
-        sel = bytes(image.get_selection().get_buffer().get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, "Y u8",
-                                                           Gegl.AbyssPolicy.NONE))
+        sel = bytes(
+            image.get_selection()
+            .get_buffer()
+            .get(Gegl.Rectangle.new(ox, oy, w, h), 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
+        )
         tri = trimap.trimap_from_selection(sel, w, h, s.band)
     if trimap.trimap_stats(tri)["unknown"] == 0:
         raise ValueError("The trimap has no unknown region: increase the band width")
-    return session.MatteInput(w, h, data, dtype, tri, s.class_override,
-                              want_foreground=s.output == "layer", want_semantic=False)
+    return session.MatteInput(
+        w,
+        h,
+        data,
+        dtype,
+        tri,
+        s.class_override,
+        want_foreground=s.output == "layer",
+        want_semantic=s.semantic_preview and preview.semantic_fits(w, h, len(SIMD_CLASSES)),
+    )
 
 
-def _write_result(image, layer, out: "session.MatteOutput", s: "Settings", fmt_src: bytes | None = None):
+def _write_result(image, layer, out: session.MatteOutput, s: Settings, fmt_src: bytes | None = None):
     w, h = layer.get_width(), layer.get_height()
     rect = Gegl.Rectangle.new(0, 0, w, h)
     image.undo_group_start()
     try:
         if s.output == "layer":
             if out.foreground is not None:
-                rgba = pixels.foreground_to_bgra_u8(out.foreground, out.foreground_dtype, out.alpha, order="RGBA")
+                rgba = pixels.foreground_to_bgra_u8(
+                    out.foreground, out.foreground_dtype, out.alpha, order="RGBA"
+                )
             else:
                 rgb = bytes(layer.get_buffer().get(rect, 1.0, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP))
                 rgba = pixels.foreground_to_bgra_u8(rgb, pixels.U8, out.alpha, order="RGBA")
-            new = Gimp.Layer.new(image, layer.get_name() + " (cut-out)", w, h, Gimp.ImageType.RGBA_IMAGE, 100.0,
-                                 Gimp.LayerMode.NORMAL)
+            new = Gimp.Layer.new(
+                image,
+                layer.get_name() + " (cut-out)",
+                w,
+                h,
+                Gimp.ImageType.RGBA_IMAGE,
+                100.0,
+                Gimp.LayerMode.NORMAL,
+            )
             image.insert_layer(new, layer.get_parent(), image.get_item_position(layer))
             new.set_offsets(*layer.get_offsets()[1:])
             buf = new.get_buffer()
@@ -143,6 +176,19 @@ def _write_result(image, layer, out: "session.MatteOutput", s: "Settings", fmt_s
             buf.flush()
             mask.update(0, 0, w, h)
             result = mask
+        if out.semantic is not None:
+            sem = Gimp.Layer.new(
+                image, "Semantic map", w, h, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL
+            )
+            top = result if isinstance(result, Gimp.Layer) else layer  # preview on top of everything we made
+            image.insert_layer(sem, top.get_parent(), image.get_item_position(top))
+            sem.set_offsets(*layer.get_offsets()[1:])
+            sbuf = sem.get_buffer()
+            sbuf.set(
+                rect, "R'G'B'A u8", preview.preview_pixels(out.semantic, out.semantic_shape, order="RGBA")
+            )
+            sbuf.flush()
+            sem.update(0, 0, w, h)
     finally:
         image.undo_group_end()
     Gimp.displays_flush()
@@ -173,8 +219,11 @@ def _interactive(procedure, config) -> bool:
         if "st" not in box:
             return True
         st = box["st"]
-        status.set_markup(GLib.markup_escape_text(("● " if st.state == session.ConnectionState.CONNECTED else "○ ")
-                                                  + st.line))
+        status.set_markup(
+            GLib.markup_escape_text(
+                ("● " if st.state == session.ConnectionState.CONNECTED else "○ ") + st.line
+            )
+        )
         return False
 
     GLib.timeout_add(100, poll)
@@ -206,15 +255,23 @@ def _run_with_progress(server: str, job, timeout: float, connect_timeout: float,
 
     def work(progress):
         try:
-            box["out"] = session.run_matte(server, job, timeout=timeout, progress=progress, cancel=cancel,
-                                           connect_timeout=connect_timeout)
+            box["out"] = session.run_matte(
+                server,
+                job,
+                timeout=timeout,
+                progress=progress,
+                cancel=cancel,
+                connect_timeout=connect_timeout,
+            )
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             box["err"] = exc
 
     if not interactive:
+
         def progress(stage, done):
             if done is not None:
                 Gimp.progress_update(float(done))
+
         work(progress)
     else:
         gi.require_version("Gtk", "3.0")
@@ -261,26 +318,38 @@ def run(procedure, run_mode, image, drawables, config, data):
     if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive(procedure, config):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
     cls = config.get_property("class-override")
-    s = Settings(server=config.get_property("server"), band=config.get_property("band"),
-                 trimap_source=config.get_property("trimap-source"), trimap_layer=config.get_property("trimap-layer"),
-                 class_override="" if cls in ("", "auto") else cls, output=config.get_property("output"),
-                 timeout_s=config.get_property("timeout")).validated()
+    s = Settings(
+        server=config.get_property("server"),
+        band=config.get_property("band"),
+        trimap_source=config.get_property("trimap-source"),
+        trimap_layer=config.get_property("trimap-layer"),
+        class_override="" if cls in ("", "auto") else cls,
+        output=config.get_property("output"),
+        semantic_preview=config.get_property("semantic-preview"),
+        timeout_s=config.get_property("timeout"),
+    ).validated()
     Gimp.progress_init("Semantic Matte")
     t0 = time.monotonic()
     try:
         job = _read_inputs(image, layer, s)
-        out = _run_with_progress(s.server, job, s.timeout_s, s.connect_timeout_s,
-                                 run_mode == Gimp.RunMode.INTERACTIVE)
+        out = _run_with_progress(
+            s.server, job, s.timeout_s, s.connect_timeout_s, run_mode == Gimp.RunMode.INTERACTIVE
+        )
         _write_result(image, layer, out, s)
     except session.JobCancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
-    except Exception as exc:  # every failure becomes a readable PDB error, never a hang
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a readable PDB error, never a hang
         return _fail(procedure, session.describe_error(exc, s.server))
     Gimp.progress_update(1.0)
-    if out.class_shares and config.get_property("semantic-preview"):
-        Gimp.message("Semantic Matte: " + session.format_shares(out.class_shares, 5))
+    if out.class_shares and s.semantic_preview:
+        Gimp.message(
+            "Semantic Matte classes: "
+            + session.format_shares(out.class_shares, 5)
+            + "; colours: "
+            + preview.legend(SIMD_CLASSES, out.class_shares)
+        )
     if os.environ.get("SEMANTIC_MATTE_DEBUG"):
-        Gimp.message("semantic-matte: done in %.2f s" % (time.monotonic() - t0))
+        Gimp.message(f"semantic-matte: done in {time.monotonic() - t0:.2f} s")
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, None)
 
 
@@ -297,25 +366,49 @@ class SemanticMatte(Gimp.PlugIn):
         p.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
         p.set_menu_label("Semantic Matte…")
         p.add_menu_path("<Image>/Filters")
-        p.set_documentation("Semantic image matting (SIM) through the Semantic Matte daemon",
-                            "Builds a trimap from the selection (band around its edge; feathered parts are "
-                            "unknown) or from a painted trimap layer, sends it with the active layer to the "
-                            "daemon and adds the alpha matte as a layer mask or a new cut-out layer.", name)
+        p.set_documentation(
+            "Semantic image matting (SIM) through the Semantic Matte daemon",
+            "Builds a trimap from the selection (band around its edge; feathered parts are "
+            "unknown) or from a painted trimap layer, sends it with the active layer to the "
+            "daemon and adds the alpha matte as a layer mask or a new cut-out layer.",
+            name,
+        )
         p.set_attribution("Semantic Matte", "Semantic Matte", "2025")
         rw = GObject.ParamFlags.READWRITE
         default_server = Settings().server if not LOAD_ERROR else "tcp://127.0.0.1:5557"
-        p.add_string_argument("server", "_Server", "Daemon address (ipc://… or tcp://host:port)", default_server, rw)
-        p.add_choice_argument("trimap-source", "_Trimap from", "Where the trimap comes from",
-                              _choice(SOURCES), "selection", rw)
-        p.add_int_argument("band", "_Band width (px)", "Unknown band on each side of the selection edge",
-                           0, 1000, 10, rw)
-        p.add_string_argument("trimap-layer", "Trimap _layer", "Name of the painted trimap layer", "trimap", rw)
-        p.add_choice_argument("class-override", "_Class", "Semantic class override (auto = classifier)",
-                              _choice([("auto", "Automatic (classifier)")] + [(c, c) for c in SIMD_CLASSES]),
-                              "auto", rw)
-        p.add_choice_argument("output", "_Output", "Layer mask or new cut-out layer", _choice(OUTPUTS), "mask", rw)
-        p.add_boolean_argument("semantic-preview", "Show semantic _preview", "Report the class shares", False, rw)
-        p.add_double_argument("timeout", "_Timeout (s)", "Request deadline in seconds", 1.0, 3600.0, 120.0, rw)
+        p.add_string_argument(
+            "server", "_Server", "Daemon address (ipc://… or tcp://host:port)", default_server, rw
+        )
+        p.add_choice_argument(
+            "trimap-source", "_Trimap from", "Where the trimap comes from", _choice(SOURCES), "selection", rw
+        )
+        p.add_int_argument(
+            "band", "_Band width (px)", "Unknown band on each side of the selection edge", 0, 1000, 10, rw
+        )
+        p.add_string_argument(
+            "trimap-layer", "Trimap _layer", "Name of the painted trimap layer", "trimap", rw
+        )
+        p.add_choice_argument(
+            "class-override",
+            "_Class",
+            "Semantic class override (auto = classifier)",
+            _choice([("auto", "Automatic (classifier)")] + [(c, c) for c in SIMD_CLASSES]),
+            "auto",
+            rw,
+        )
+        p.add_choice_argument(
+            "output", "_Output", "Layer mask or new cut-out layer", _choice(OUTPUTS), "mask", rw
+        )
+        p.add_boolean_argument(
+            "semantic-preview",
+            "Semantic _preview",
+            "Add a layer colouring the dominant semantic class and report the class shares",
+            False,
+            rw,
+        )
+        p.add_double_argument(
+            "timeout", "_Timeout (s)", "Request deadline in seconds", 1.0, 3600.0, 120.0, rw
+        )
         return p
 
 

@@ -24,12 +24,12 @@ def _setup_paths() -> None:
     else:
         paths = []
     try:
-        import zmq  # noqa: F401
         import msgpack  # noqa: F401
+        import zmq  # noqa: F401
     except ImportError:
         vendor = os.path.join(here, "vendor")
-        tag = "%s-cp%d%d" % (sys.platform, *sys.version_info[:2])
-        for name in (tag, "%s-abi3" % sys.platform if sys.version_info >= (3, 12) else "", "common"):
+        tag = "{}-cp{}{}".format(sys.platform, *sys.version_info[:2])
+        for name in (tag, f"{sys.platform}-abi3" if sys.version_info >= (3, 12) else "", "common"):
             p = os.path.join(vendor, name)
             if name and os.path.isdir(p):
                 paths.append(p)
@@ -46,13 +46,15 @@ def _check_host() -> str | None:
     except ValueError:
         version = MIN_KRITA
     if version < MIN_KRITA:
-        return "Semantic Matte needs Krita %d.%d or newer." % MIN_KRITA
+        return "Semantic Matte needs Krita {}.{} or newer.".format(*MIN_KRITA)
     try:
         import backend.client  # noqa: F401
         import plugin.core.session  # noqa: F401
     except ImportError as exc:
-        return (f"Semantic Matte cannot load its libraries ({exc}). Re-run install_plugins.py, or install "
-                f"pyzmq and msgpack for Krita's Python ({sys.executable or 'python3'} {sys.version.split()[0]}).")
+        return (
+            f"Semantic Matte cannot load its libraries ({exc}). Re-run install_plugins.py, or install "
+            f"pyzmq and msgpack for Krita's Python ({sys.executable or 'python3'} {sys.version.split()[0]})."
+        )
     return None
 
 
@@ -69,5 +71,5 @@ else:  # why: a silent failure is the top complaint about editor plug-ins; say w
         from .qt import QMessageBox, QTimer
 
         QTimer.singleShot(0, lambda: QMessageBox.warning(None, "Semantic Matte", LOAD_ERROR))
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - the stderr line above already reported it
         pass

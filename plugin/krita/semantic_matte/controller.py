@@ -94,16 +94,24 @@ class Controller(QObject):
             return False
         try:
             t = host.target(self.krita)
-            inp = host.read_inputs(t, self.settings)
+            inp = host.read_inputs(t, self.settings, len(self.status.classes))
         except host.HostError as exc:
             self.jobFinished.emit(False, str(exc))
             return False
-        server, timeout, connect = self.settings.server, self.settings.timeout_s, self.settings.connect_timeout_s
+        server, timeout, connect = (
+            self.settings.server,
+            self.settings.timeout_s,
+            self.settings.connect_timeout_s,
+        )
         self._target = t
         self.last_input = inp  # kept for the log / tests: exactly what was sent
         self._t0 = time.monotonic()
-        job = BackgroundJob(lambda progress, cancel: session.run_matte(
-            server, inp, timeout=timeout, progress=progress, cancel=cancel, connect_timeout=connect), self)
+        job = BackgroundJob(
+            lambda progress, cancel: session.run_matte(
+                server, inp, timeout=timeout, progress=progress, cancel=cancel, connect_timeout=connect
+            ),
+            self,
+        )
         job.progress.connect(self.progress)
         job.finished.connect(self._on_result)
         job.failed.connect(self._on_failed)
@@ -132,10 +140,12 @@ class Controller(QObject):
                 raise host.HostError("internal: no target")
             self.last_result = out
             if self.settings.output == "layer":
-                node = host.add_cutout_layer(t, out, t.node.name() + " (cut-out)")
+                node = host.add_cutout_layer(t, out, t.node.name() + " (cut-out)", self.krita)
             else:
                 node = host.add_transparency_mask(self.krita, self.krita_mod, t, out.alpha, "Semantic Matte")
             self.last_node = node
+            if out.semantic is not None:
+                host.add_semantic_preview(t, out, node)
         except Exception as exc:  # why: the job succeeded, so say precisely that writing back failed
             log.exception("writing the result failed")
             self.jobFinished.emit(False, f"Could not write the result: {exc}")
@@ -143,4 +153,10 @@ class Controller(QObject):
         msg = f"Done in {out.seconds:.1f} s"
         if out.class_shares:
             msg += " · classes: " + session.format_shares(out.class_shares)
+            if out.semantic is not None:
+                from plugin.core.preview import legend
+
+                msg += "\nSemantic map layer: " + legend(self.status.classes, out.class_shares)
+        elif self.settings.semantic_preview and out.semantic is None:
+            msg += " · (no semantic preview: image too large)"
         self.jobFinished.emit(True, msg)

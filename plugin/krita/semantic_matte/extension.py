@@ -8,7 +8,7 @@ import krita as krita_mod
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita
 
 from .controller import Controller
-from .ui import MattePanel, MatteDialog
+from .ui import MatteDialog, MattePanel
 
 ACTION_ID = "semantic_matte_run"
 DOCKER_ID = "semantic_matte_docker"
@@ -31,7 +31,7 @@ class SemanticMatteDocker(DockWidget):
         self.panel = MattePanel(controller())
         self.setWidget(self.panel)
 
-    def canvasChanged(self, canvas: Any) -> None:  # noqa: N802 (Krita API)
+    def canvasChanged(self, canvas: Any) -> None:
         pass
 
 
@@ -43,7 +43,7 @@ class SemanticMatteExtension(Extension):
     def setup(self) -> None:
         pass
 
-    def createActions(self, window: Any) -> None:  # noqa: N802 (Krita API)
+    def createActions(self, window: Any) -> None:
         action = window.createAction(ACTION_ID, "Semantic Matte…", "tools/scripts")
         action.triggered.connect(self.show_dialog)
 
@@ -58,4 +58,6 @@ class SemanticMatteExtension(Extension):
 def register() -> None:
     app = Krita.instance()
     app.addExtension(SemanticMatteExtension(app))
-    app.addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SemanticMatteDocker))
+    app.addDockWidgetFactory(
+        DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, SemanticMatteDocker)
+    )

@@ -12,7 +12,7 @@ from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from plugin.core import pixels, trimap
+from plugin.core import pixels, preview, trimap
 from plugin.core.session import MatteInput, MatteOutput
 from plugin.core.settings import Settings
 
@@ -58,7 +58,9 @@ def target(krita: Any, doc: Any = None, node: Any = None) -> Target:
 def _trimap_layer_grey(t: Target, name: str) -> tuple[bytes, bytes]:
     layer = t.doc.nodeByName(name)
     if layer is None:
-        raise HostError(f"No layer named '{name}' for the trimap (paint white = fg, black = bg, grey = unknown).")
+        raise HostError(
+            f"No layer named '{name}' for the trimap (paint white = fg, black = bg, grey = unknown)."
+        )
     w, h = t.width, t.height
     data = bytes(layer.pixelData(0, 0, w, h))
     depth = layer.colorDepth()
@@ -70,15 +72,15 @@ def _trimap_layer_grey(t: Target, name: str) -> tuple[bytes, bytes]:
     a_only = bytearray(len(data))
     for b in range(size):
         for c in range(4):
-            a_only[c * size + b::4 * size] = data[3 * size + b::4 * size]
+            a_only[c * size + b :: 4 * size] = data[3 * size + b :: 4 * size]
     a_rgb, _, _ = pixels.image_from_host(bytes(a_only), w, h, depth, "RGBA")
-    to8 = lambda buf, dt: pixels.alpha_to_u8(buf, dt)  # noqa: E731
+    to8 = lambda buf, dt: pixels.alpha_to_u8(buf, dt)
     grey = to8(pixels.split_channels(rgb, 3, (1,), 4 if dtype == pixels.F32 else 2), dtype)
     alpha = to8(pixels.split_channels(a_rgb, 3, (0,), 4 if dtype == pixels.F32 else 2), dtype)
     return grey, alpha
 
 
-def read_inputs(t: Target, s: Settings) -> MatteInput:
+def read_inputs(t: Target, s: Settings, num_classes: int = 20) -> MatteInput:
     """Layer pixels + trimap (from the selection or a trimap layer) for one request."""
     w, h = t.width, t.height
     data = bytes(t.node.pixelData(0, 0, w, h))
@@ -95,8 +97,16 @@ def read_inputs(t: Target, s: Settings) -> MatteInput:
     stats = trimap.trimap_stats(tri)
     if stats["unknown"] == 0:
         raise HostError("The trimap has no unknown region: increase the band width.")
-    return MatteInput(w, h, image, dtype, tri, s.class_override,
-                      want_foreground=s.output == "layer", want_semantic=s.semantic_preview)
+    return MatteInput(
+        w,
+        h,
+        image,
+        dtype,
+        tri,
+        s.class_override,
+        want_foreground=s.output == "layer",
+        want_semantic=s.semantic_preview and preview.semantic_fits(w, h, num_classes),
+    )
 
 
 def _selection_from_alpha(krita_mod: Any, alpha: bytes, w: int, h: int) -> Any:
@@ -116,7 +126,9 @@ def add_transparency_mask(krita: Any, krita_mod: Any, t: Target, alpha: bytes, n
     else:  # Krita 5.1: the built-in action builds a real mask from the current selection
         action = krita.action("add_new_transparency_mask")
         if action is None:
-            raise HostError("Krita < 5.2 without a window cannot create transparency masks; use output 'layer'.")
+            raise HostError(
+                "Krita < 5.2 without a window cannot create transparency masks; use output 'layer'."
+            )
         old_sel = doc.selection()
         before = {id_(c) for c in t.node.childNodes()}
         doc.setSelection(_selection_from_alpha(krita_mod, alpha, w, h))
@@ -144,7 +156,7 @@ def id_(node: Any) -> str:
     return node.uniqueId().toString() if hasattr(node, "uniqueId") else str(id(node))
 
 
-def add_cutout_layer(t: Target, out: MatteOutput, name: str) -> Any:
+def add_cutout_layer(t: Target, out: MatteOutput, name: str, krita: Any = None) -> Any:
     """A new paint layer above the source: decontaminated colours (when the daemon sent them) + alpha."""
     w, h = t.width, t.height
     order = "BGRA" if t.depth in ("U8", "U16") else "RGBA"
@@ -159,13 +171,33 @@ def add_cutout_layer(t: Target, out: MatteOutput, name: str) -> Any:
     else:
         linear = _is_linear(t.node)
         data = _u8_pixels_to_depth(px8, t.depth, linear)
+    # Hide the source (the cut-out is only visible as such without it). Through the action when there is
+    # a window, because that is an undo step and Node.setVisible is not; the source is the active layer.
+    toggle = krita.action("toggle_layer_visibility") if krita is not None else None
+    if toggle is not None and t.doc.activeNode() is not None and t.doc.activeNode().name() == t.node.name():
+        toggle.trigger()
+        t.doc.waitForDone()
+    if t.node.visible():
+        t.node.setVisible(False)
     layer = t.doc.createNode(name, "paintlayer")
     parent = t.node.parentNode()
     parent.addChildNode(layer, t.node)  # directly above the source layer
     layer.setPixelData(data, 0, 0, w, h)
-    t.node.setVisible(False)  # why: the cut-out is only visible as such with the original hidden
     t.doc.refreshProjection()
     t.doc.waitForDone()
+    return layer
+
+
+def add_semantic_preview(t: Target, out: MatteOutput, above: Any = None, name: str = "Semantic map") -> Any:
+    """A half-transparent layer colouring the dominant semantic class of the unknown region."""
+    order = "BGRA" if t.depth in ("U8", "U16") else "RGBA"
+    px8 = preview.preview_pixels(out.semantic, out.semantic_shape, order=order)
+    data = px8 if t.depth == "U8" else _u8_pixels_to_depth(px8, t.depth, _is_linear(t.node))
+    layer = t.doc.createNode(name, "paintlayer")
+    above = above if above is not None and above.type() == "paintlayer" else t.node
+    above.parentNode().addChildNode(layer, above)  # on top of what we created
+    layer.setPixelData(data, 0, 0, t.width, t.height)
+    t.doc.refreshProjection()
     return layer
 
 
@@ -186,7 +218,7 @@ def _u8_pixels_to_depth(px8: bytes, depth: str, linear: bool) -> bytes:
     vals = [col[v] for v in px8]
     vals[3::4] = [lin[v] for v in px8[3::4]]  # alpha stays linear
     if depth == "F16":
-        return struct.pack("=%de" % len(vals), *vals)
+        return struct.pack(f"={len(vals)}e", *vals)
     return array("f", vals).tobytes()
 
 

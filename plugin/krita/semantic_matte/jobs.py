@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .qt import QObject, QThread, pyqtSignal
 
@@ -24,11 +25,13 @@ class _Worker(QObject):
         self._fn = fn
         self._cancel = cancel
 
+    def _progress(self, stage: str, done: float | None = None) -> None:
+        self.progress.emit(str(stage), -1.0 if done is None else float(done))
+
     def run(self) -> None:
         try:
-            result = self._fn(lambda stage, done=None: self.progress.emit(str(stage), -1.0 if done is None else float(done)),
-                              self._cancel)
-        except BaseException as exc:  # why: anything escaping a QThread would be lost silently
+            result = self._fn(self._progress, self._cancel)
+        except BaseException as exc:  # noqa: BLE001 - anything escaping a QThread would be lost silently
             exc.__traceback_text__ = traceback.format_exc()  # type: ignore[attr-defined]
             self.failed.emit(exc)
         else:

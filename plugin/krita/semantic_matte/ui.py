@@ -9,8 +9,18 @@ from plugin.core.settings import Settings
 
 from .controller import Controller
 from .qt import (
-    QCheckBox, QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton,
-    QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
 _STATE_COLOURS = {
@@ -60,7 +70,7 @@ class MattePanel(QWidget):
         for key, label in OUTPUT_LABELS:
             self.output.addItem(label, key)
         form.addRow("Output", self.output)
-        self.preview = QCheckBox("Show semantic class shares")
+        self.preview = QCheckBox("Semantic preview (class map layer)")
         form.addRow("", self.preview)
         self.timeout = QSpinBox()
         self.timeout.setRange(1, 3600)
@@ -143,10 +153,13 @@ class MattePanel(QWidget):
 
     def _push(self) -> None:
         self.ctl.update_settings(
-            trimap_source=self.source.currentData(), band=self.band.value(),
+            trimap_source=self.source.currentData(),
+            band=self.band.value(),
             trimap_layer=self.trimap_layer.text().strip() or "trimap",
-            class_override=self.klass.currentData() or "", output=self.output.currentData(),
-            semantic_preview=self.preview.isChecked(), timeout_s=float(self.timeout.value()),
+            class_override=self.klass.currentData() or "",
+            output=self.output.currentData(),
+            semantic_preview=self.preview.isChecked(),
+            timeout_s=float(self.timeout.value()),
         )
 
     def _fill_classes(self, status: ServerStatus) -> None:
@@ -194,11 +207,11 @@ class MattePanel(QWidget):
         self.bar.setValue(100 if ok else 0)
         self.message.setText(msg)
 
-    def showEvent(self, ev: Any) -> None:  # noqa: N802 (Qt name)
+    def showEvent(self, ev: Any) -> None:
         super().showEvent(ev)
         self.ctl.watch(True)
 
-    def hideEvent(self, ev: Any) -> None:  # noqa: N802
+    def hideEvent(self, ev: Any) -> None:
         super().hideEvent(ev)
         self.ctl.watch(False)
 

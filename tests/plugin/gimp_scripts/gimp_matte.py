@@ -11,8 +11,11 @@ from gi.repository import Gegl, Gimp, Gio
 cfg = json.loads(os.environ["SEMANTIC_MATTE_TEST_CONFIG"])
 out = cfg["out"]
 rep = {"gimp": Gimp.version(), "cases": {}}
-PRECISIONS = {"u8": Gimp.Precision.U8_NON_LINEAR, "u16": Gimp.Precision.U16_NON_LINEAR,
-              "float": Gimp.Precision.FLOAT_LINEAR}
+PRECISIONS = {
+    "u8": Gimp.Precision.U8_NON_LINEAR,
+    "u16": Gimp.Precision.U16_NON_LINEAR,
+    "float": Gimp.Precision.FLOAT_LINEAR,
+}
 
 
 def load(precision):
@@ -23,13 +26,14 @@ def load(precision):
     w, h = layer.get_width(), layer.get_height()
     sel = img.get_selection()  # "select the subject": write the selection channel directly
     buf = sel.get_buffer()
-    buf.set(Gegl.Rectangle.new(0, 0, w, h), "Y u8", open(cfg["selection"], "rb").read())
+    with open(cfg["selection"], "rb") as f:
+        buf.set(Gegl.Rectangle.new(0, 0, w, h), "Y u8", f.read())
     buf.flush()
     sel.update(0, 0, w, h)
     return img, layer, w, h
 
 
-def run(img, layer, server, output="mask", timeout=60.0):
+def run(img, layer, server, output="mask", timeout=60.0, preview=False):
     proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-matte")
     c = proc.create_config()
     c.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -39,6 +43,7 @@ def run(img, layer, server, output="mask", timeout=60.0):
     c.set_property("band", cfg["band"])
     c.set_property("output", output)
     c.set_property("timeout", timeout)
+    c.set_property("semantic-preview", preview)
     t0 = time.time()
     res = proc.run(c)
     return res.index(0), time.time() - t0, Gimp.get_pdb().get_last_error()
@@ -46,27 +51,40 @@ def run(img, layer, server, output="mask", timeout=60.0):
 
 try:
     rep["registered"] = Gimp.get_pdb().procedure_exists("plug-in-semantic-matte")
-    for name, precision, output in (("u8", "u8", "mask"), ("u16", "u16", "mask"), ("float", "float", "layer")):
+    for name, precision, output in (
+        ("u8", "u8", "mask"),
+        ("u16", "u16", "mask"),
+        ("float", "float", "layer"),
+    ):
         img, layer, w, h = load(precision)
-        status, secs, err = run(img, layer, cfg["server"], output)
-        case = {"status": status.value_nick, "seconds": round(secs, 2), "error": err,
-                "layers": [l.get_name() for l in img.get_layers()]}
+        status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer")
+        case = {
+            "status": status.value_nick,
+            "seconds": round(secs, 2),
+            "error": err,
+            "layers": [x.get_name() for x in img.get_layers()],
+        }
         rect = Gegl.Rectangle.new(0, 0, w, h)
         if output == "mask" and layer.get_mask() is not None:
             alpha = layer.get_mask().get_buffer().get(rect, 1.0, "Y u8", Gegl.AbyssPolicy.NONE)
         else:
-            cut = img.get_layers()[0]
+            cut = next(x for x in img.get_layers() if x.get_name().endswith("(cut-out)"))
             alpha = bytes(cut.get_buffer().get(rect, 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.NONE))[3::4]
             case["source_visible"] = layer.get_visible()
-        open(os.path.join(out, name + ".alpha.raw"), "wb").write(bytes(alpha))
+        with open(os.path.join(out, name + ".alpha.raw"), "wb") as f:
+            f.write(bytes(alpha))
         rep["cases"][name] = case
         img.delete()
     # daemon down: the call must come back quickly with an error that says how to start the daemon
     img, layer, w, h = load("u8")
-    status, secs, err = run(img, layer, "tcp://127.0.0.1:%d" % cfg["dead_port"], timeout=2.0)
-    rep["down"] = {"status": status.value_nick, "seconds": round(secs, 2), "error": err,
-                   "mask": layer.get_mask() is not None}
-except Exception:
+    status, secs, err = run(img, layer, f"tcp://127.0.0.1:{cfg['dead_port']}", timeout=2.0)
+    rep["down"] = {
+        "status": status.value_nick,
+        "seconds": round(secs, 2),
+        "error": err,
+        "mask": layer.get_mask() is not None,
+    }
+except Exception:  # noqa: BLE001 - reported to the pytest side
     rep["error"] = traceback.format_exc()
 with open(os.path.join(out, "result.json"), "w") as f:
     json.dump(rep, f, indent=1)

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 
 def _alpha_of(node, depth, w, h):
@@ -21,13 +22,13 @@ def _alpha_of(node, depth, w, h):
         return bytes((v + 128) // 257 for v in array("H", data)[3::4])
     import struct
 
-    vals = array("f", data)[3::4] if depth == "F32" else struct.unpack("=%de" % (len(data) // 2), data)[3::4]
+    vals = array("f", data)[3::4] if depth == "F32" else struct.unpack(f"={len(data) // 2}e", data)[3::4]
     return bytes(0 if v <= 0 else 255 if v >= 1 else int(v * 255 + 0.5) for v in vals)
 
 
 def main(*args):
     argv = args[0] if args and isinstance(args[0], (list, tuple)) else args
-    cfg = json.load(open(argv[0]))
+    cfg = json.loads(Path(argv[0]).read_text())
     out = cfg["out"]
     report = {"cases": {}, "python": sys.version.split()[0]}
     try:
@@ -35,14 +36,17 @@ def main(*args):
         import semantic_matte  # bootstraps lib/ (plug-in core + client) exactly as Krita does
         from krita import Krita, Selection
         from semantic_matte import host
+
         from plugin.core import session
         from plugin.core.settings import Settings
 
         k = Krita.instance()
         report["krita"] = k.version()
         report["load_error"] = semantic_matte.LOAD_ERROR
-        report["modules_numpy_torch"] = sorted(m for m in sys.modules if m.split(".")[0] in ("numpy", "torch"))
-        sel_bytes = open(cfg["selection"], "rb").read()
+        report["modules_numpy_torch"] = sorted(
+            m for m in sys.modules if m.split(".")[0] in ("numpy", "torch")
+        )
+        sel_bytes = Path(cfg["selection"]).read_bytes()
         for depth in cfg["depths"]:
             t0 = time.time()
             doc = k.openDocument(cfg["image"])
@@ -62,26 +66,34 @@ def main(*args):
             res = session.run_matte(s.server, job, timeout=s.timeout_s)
             layer = host.add_cutout_layer(t, res, node.name() + " (cut-out)")
             alpha = _alpha_of(layer, depth, w, h)
-            open(os.path.join(out, depth + ".trimap.raw"), "wb").write(job.trimap)
-            open(os.path.join(out, depth + ".alpha.raw"), "wb").write(alpha)
-            open(os.path.join(out, depth + ".sent_alpha.raw"), "wb").write(res.alpha)
+            Path(out, depth + ".trimap.raw").write_bytes(job.trimap)
+            Path(out, depth + ".alpha.raw").write_bytes(alpha)
+            Path(out, depth + ".sent_alpha.raw").write_bytes(res.alpha)
             if depth == "U8":
-                open(os.path.join(out, "U8.image.raw"), "wb").write(job.image)
+                Path(out, "U8.image.raw").write_bytes(job.image)
             report["cases"][depth] = {
-                "w": w, "h": h, "image_dtype": job.image_dtype, "node": node.name(),
-                "layers": [n.name() for n in doc.topLevelNodes()], "profile": node.colorProfile(),
-                "seconds": round(time.time() - t0, 2), "class_shares": res.class_shares,
+                "w": w,
+                "h": h,
+                "image_dtype": job.image_dtype,
+                "node": node.name(),
+                "layers": [n.name() for n in doc.topLevelNodes()],
+                "profile": node.colorProfile(),
+                "seconds": round(time.time() - t0, 2),
+                "class_shares": res.class_shares,
             }
             doc.close()
         # daemon down: a dead address must fail fast with the hint, not hang
         t0 = time.time()
         try:
-            session.run_matte("tcp://127.0.0.1:%d" % cfg["dead_port"], job, timeout=2.0)
+            session.run_matte(f"tcp://127.0.0.1:{cfg['dead_port']}", job, timeout=2.0)
             report["down"] = {"error": None}
-        except Exception as exc:
-            report["down"] = {"error": session.describe_error(exc, "dead"), "type": type(exc).__name__,
-                              "seconds": round(time.time() - t0, 2)}
-    except Exception:
+        except Exception as exc:  # noqa: BLE001 - any failure is the result here
+            report["down"] = {
+                "error": session.describe_error(exc, "dead"),
+                "type": type(exc).__name__,
+                "seconds": round(time.time() - t0, 2),
+            }
+    except Exception:  # noqa: BLE001 - reported to the pytest side
         report["error"] = traceback.format_exc()
     with open(os.path.join(out, "result.json"), "w") as f:
         json.dump(report, f, indent=1)
