@@ -27,52 +27,86 @@ def window_starts(length: int, size: int) -> tuple[int, list[int]]:
     return size, list(range(0, length - size, step)) + [length - size]
 
 
+def window_has_unknown(unknown: torch.Tensor, windows: Sequence[tuple[int, int, int, int, int]]) -> list[bool]:
+    """For each window (b, y, x, h, w): does it contain an unknown pixel? One summed-area table and a
+    single device→host transfer instead of one synchronising ``.any()`` per window."""
+    if not windows:
+        return []
+    n, h, w = unknown.shape
+    sat = torch.zeros((n, h + 1, w + 1), device=unknown.device, dtype=torch.int32)
+    sat[:, 1:, 1:] = unknown.to(torch.int32).cumsum(1).cumsum(2)
+    idx = torch.tensor(windows, device=unknown.device, dtype=torch.long)
+    b, y0, x0 = idx[:, 0], idx[:, 1], idx[:, 2]
+    y1, x1 = y0 + idx[:, 3], x0 + idx[:, 4]
+    inside = sat[b, y1, x1] - sat[b, y0, x1] - sat[b, y1, x0] + sat[b, y0, x0]
+    return (inside > 0).tolist()
+
+
+def default_batch_pixels(device: torch.device) -> int:
+    """Pixels per classifier batch: a few windows on CPU (cache-friendly), many on a GPU (fills the chip)."""
+    return 8 * 320 * 320 if device.type == "cpu" else 36 * 320 * 320
+
+
 @torch.no_grad()
 def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.Tensor, *,
-                    window_sizes: Sequence[int] = WINDOW_SIZES, batch_size: int = 8) -> torch.Tensor:
+                    window_sizes: Sequence[int] = WINDOW_SIZES, batch_size: int | None = 8,
+                    batch_pixels: int | None = None, out_dtype: torch.dtype = torch.float32,
+                    channels_last: bool = False) -> torch.Tensor:
     """Args:
         classifier: PatchClassifier returning (logits, cam, features).
         image_n: N×3×H×W ImageNet-normalised RGB (already padded).
         trimap: N×1×H×W raw trimap values {0, 128, 255} as float.
         window_sizes: sliding-window sizes; both accumulate into one map.
-        batch_size: windows of equal shape run together (same result, fewer launches).
+        batch_size: windows of equal shape run together (same result, fewer launches); None = from
+            ``batch_pixels`` (default: per device, see ``default_batch_pixels``).
+        out_dtype: dtype of the returned map (accumulation is always float32). Under bf16/fp16 autocast the
+            matting net casts the map to that dtype at its first conv anyway, so returning it in that dtype
+            gives the same alpha with half the memory.
+        channels_last: feed the window batches in channels-last layout (faster convolutions).
     Returns:
-        N×C×H×W float in [0,1]; zero outside trimap == 128.
+        N×C×H×W in [0,1]; zero outside trimap == 128.
     """
     n, _, h, w = image_n.shape
     unknown = trimap == TRIMAP_UNKNOWN
     x = torch.cat([image_n, trimap / 255.0], dim=1)
-    total: torch.Tensor | None = None
-    count = torch.zeros((n, 1, h, w), device=image_n.device, dtype=torch.float32)
-    # Group windows by shape so each group is one batched forward pass.
-    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+    candidates: list[tuple[int, int, int, int, int]] = []
     for size in window_sizes:
         wh, ys = window_starts(h, size)
         ww, xs = window_starts(w, size)
-        for b in range(n):
-            for y in ys:
-                for x0 in xs:
-                    if unknown[b, :, y:y + wh, x0:x0 + ww].any():  # skip windows without unknown pixels
-                        groups[(wh, ww)].append((b, y, x0))
+        candidates += [(b, y, x0, wh, ww) for b in range(n) for y in ys for x0 in xs]
+    # Group windows by shape (skipping those without unknown pixels) so each group is batched.
+    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
+    for (b, y, x0, wh, ww), keep in zip(candidates, window_has_unknown(unknown[:, 0], candidates)):
+        if keep:
+            groups[(wh, ww)].append((b, y, x0))
+    num_classes = classifier.fc.out_features
+    if not groups:  # no unknown pixels anywhere
+        return torch.zeros((n, num_classes, h, w), device=image_n.device, dtype=out_dtype)
+    total = torch.zeros((n, num_classes, h, w), device=image_n.device, dtype=torch.float32)
+    count = torch.zeros((n, 1, h, w), device=image_n.device, dtype=torch.float32)
+    pixels = batch_pixels or default_batch_pixels(image_n.device)
     for (wh, ww), wins in groups.items():
-        for i in range(0, len(wins), batch_size):
-            chunk = wins[i:i + batch_size]
+        step = batch_size or max(1, pixels // (wh * ww))
+        for i in range(0, len(wins), step):
+            chunk = wins[i:i + step]
             patches = torch.stack([x[b, :, y:y + wh, x0:x0 + ww] for b, y, x0 in chunk])
+            if channels_last:
+                patches = patches.contiguous(memory_format=torch.channels_last)
             _, cam, _ = classifier(patches)
             cam = F.interpolate(cam.float(), size=(wh, ww), mode="bilinear", align_corners=False)
-            if total is None:
-                total = torch.zeros((n, cam.shape[1], h, w), device=image_n.device, dtype=torch.float32)
             for (b, y, x0), c in zip(chunk, cam):
                 total[b, :, y:y + wh, x0:x0 + ww] += c
                 count[b, :, y:y + wh, x0:x0 + ww] += 1
-    num_classes = classifier.fc.out_features
-    if total is None:  # no unknown pixels anywhere
-        return torch.zeros((n, num_classes, h, w), device=image_n.device)
-    smap = total / count.clamp(min=1)
-    # Global min–max over the whole tensor (all classes, all pixels, uncovered zeros included).
+            del cam, patches
+    # In place from here: at 8192² one C×H×W float32 map is 5 GiB, a second copy would not fit a budget.
+    smap = total.div_(count.clamp_(min=1))
+    del count
+    # Global min–max over the whole tensor (all classes, all pixels, uncovered zeros included); no host sync.
     lo, hi = smap.min(), smap.max()
-    smap = (smap - lo) / (hi - lo) if hi > lo else torch.zeros_like(smap)
-    return smap * unknown
+    span = hi - lo
+    smap.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
+    smap.mul_(unknown & (span > 0))
+    return smap if out_dtype == torch.float32 else smap.to(out_dtype)
 
 
 def override_semantic_trimap(class_ids: Sequence[int], trimap: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -1,0 +1,143 @@
+"""Inference-only model transforms: fold BatchNorm into the preceding conv, freeze weight standardisation,
+channels-last memory format, optional ``torch.compile``.
+
+These never touch the caller's module: ``inference_copy`` deep-copies first, so a trainer can keep
+training the original. Folding is exact algebra (BN in eval mode is an affine map per channel), so the
+folded network equals the original up to FP32 rounding (~1e-6 relative); the official-path test pins that.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from backend.models.layers import WSConv2d
+from backend.models.resnet import BasicBlock, Bottleneck, ResNet
+
+log = logging.getLogger(__name__)
+
+
+def _bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with bn(x) = scale·x + shift in eval mode (float64 for the fold itself)."""
+    var = bn.running_var.double()
+    mean = bn.running_mean.double()
+    gamma = bn.weight.double() if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.double() if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return scale, beta - mean * scale
+
+
+def _effective_weight(conv: nn.Conv2d) -> torch.Tensor:
+    # WS convs standardise at every call; at inference the standardised weight is a constant.
+    return conv.standardized_weight() if isinstance(conv, WSConv2d) else conv.weight
+
+
+def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    """A plain Conv2d computing bn(conv(x)) (eval mode), bias included."""
+    scale, shift = _bn_affine(bn)
+    w = _effective_weight(conv).detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(shift)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                      padding_mode=conv.padding_mode).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        fused.weight.copy_((w * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+        fused.bias.copy_((b * scale + shift).to(conv.weight.dtype))
+    return fused
+
+
+def _scale_conv(conv: nn.Conv2d, scale: torch.Tensor) -> nn.Conv2d:
+    """conv with its output channels multiplied by ``scale`` (no bias added)."""
+    out = copy.deepcopy(conv)
+    with torch.no_grad():
+        out.weight.copy_((_effective_weight(conv).detach().double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+        if out.bias is not None:
+            out.bias.copy_((conv.bias.detach().double() * scale).to(conv.weight.dtype))
+    return out
+
+
+def _freeze_ws(conv: WSConv2d) -> nn.Conv2d:
+    plain = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                      padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                      padding_mode=conv.padding_mode).to(device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        plain.weight.copy_(conv.standardized_weight())
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain
+
+
+def _sequential_pairs(seq: nn.Sequential) -> Iterator[tuple[str, str]]:
+    names = list(seq._modules)
+    for a, b in zip(names, names[1:]):
+        if isinstance(seq._modules[a], nn.Conv2d) and isinstance(seq._modules[b], nn.BatchNorm2d):
+            yield a, b
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every conv→BN pair of our model families in place; returns the number folded.
+
+    Covers nn.Sequential conv→BN runs (decoder, ASPP, downsample), ResNet blocks (convN/bnN) and the
+    ResNet stem, including SIM's semantic side conv which is summed into conv1 before bn1: bn(a + b) =
+    (scale·a + shift) + scale·b, so conv1 takes the shift and conv1_side gets the scale only.
+    WS convs with no BN after them are frozen to plain convs (standardised once instead of per call).
+    """
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            for a, b in list(_sequential_pairs(module)):
+                module._modules[a] = fold_conv_bn(module._modules[a], module._modules[b])
+                module._modules[b] = nn.Identity()
+                folded += 1
+        elif isinstance(module, (BasicBlock, Bottleneck)):
+            for i in (1, 2, 3):
+                conv, bn = getattr(module, f"conv{i}", None), getattr(module, f"bn{i}", None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, f"conv{i}", fold_conv_bn(conv, bn))
+                    setattr(module, f"bn{i}", nn.Identity())
+                    folded += 1
+        if isinstance(module, ResNet):
+            side = getattr(module, "conv1_side", None)
+            if isinstance(side, nn.Conv2d) and isinstance(module.bn1, nn.BatchNorm2d):
+                module.conv1_side = _scale_conv(side, _bn_affine(module.bn1)[0])
+            stems = (1, 2, 3) if module.stem_type == "deep" else (1,)
+            for i in stems:
+                conv, bn = getattr(module, f"conv{i}"), getattr(module, f"bn{i}")
+                if isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, f"conv{i}", fold_conv_bn(conv, bn))
+                    setattr(module, f"bn{i}", nn.Identity())
+                    folded += 1
+    for module in list(model.modules()):
+        for name, child in list(module._modules.items()):
+            if isinstance(child, WSConv2d):
+                module._modules[name] = _freeze_ws(child)
+    return folded
+
+
+def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False) -> nn.Module:
+    """An eval-mode deep copy of ``model`` with BN folded and/or channels-last weights."""
+    out = copy.deepcopy(model).eval()
+    for p in out.parameters():
+        p.requires_grad_(False)
+    if fold_bn:
+        n = fold_batchnorm(out)
+        log.debug("folded %d conv-BN pairs in %s", n, type(model).__name__)
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    return out
+
+
+def maybe_compile(model: nn.Module, enabled: bool, *, mode: str | None = None) -> nn.Module:
+    """``torch.compile`` when asked and available; any failure to set it up falls back to eager."""
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[return-value]
+    except Exception as exc:  # noqa: BLE001 — compile is an optional accelerator, never a hard dependency
+        log.warning("torch.compile unavailable (%s); running eager", exc)
+        return model
