@@ -2,10 +2,11 @@
 # Provision the editor hosts the plug-in tests run in (Debian 12 bookworm, root):
 #   * Krita 5.1.5 + PyQt5 + Xvfb from bookworm (apt)
 #   * GIMP 3.0.x in a Debian 13 (trixie) chroot built with mmdebstrap (bookworm has only GIMP 2.10, no Python)
+#   * Krita 5.2.x in the same chroot (target krita52): the createTransparencyMask path, Python 3.13
 # Idempotent and fast when already done (checks binaries + a stamp file; the chroot is built in a
 # temporary directory and renamed only on success, so an interrupted run never leaves a half chroot).
 #
-# usage: install/hosts.sh [krita] [gimp]        (default: both)
+# usage: install/hosts.sh [krita] [gimp] [krita52]     (default: all three)
 # env:   SEMANTIC_MATTE_CHROOT  chroot path (default /var/cache/semantic-matte/trixie)
 #        DEBIAN_MIRROR          (default http://deb.debian.org/debian)
 set -euo pipefail
@@ -17,13 +18,14 @@ STAMP_VERSION=1
 CHROOT_PKGS=gimp,python3-gi,python3-zmq,python3-msgpack,xvfb,xauth,procps
 KRITA_PKGS="krita python3-pyqt5 python3-sip python3-zmq python3-msgpack xvfb xauth"
 
-want_krita=0; want_gimp=0
-if [ $# -eq 0 ]; then want_krita=1; want_gimp=1; fi
+want_krita=0; want_gimp=0; want_krita52=0
+if [ $# -eq 0 ]; then want_krita=1; want_gimp=1; want_krita52=1; fi
 for a in "$@"; do
   case "$a" in
     krita) want_krita=1 ;;
     gimp) want_gimp=1 ;;
-    *) echo "usage: $0 [krita] [gimp]" >&2; exit 2 ;;
+    krita52) want_gimp=1; want_krita52=1 ;;  # lives in the GIMP chroot
+    *) echo "usage: $0 [krita] [gimp] [krita52]" >&2; exit 2 ;;
   esac
 done
 
@@ -79,5 +81,18 @@ if [ $want_gimp = 1 ]; then
     fi
     mv "$tmp" "$CHROOT"
     log "gimp chroot ready: $CHROOT, GIMP $(chroot "$CHROOT" dpkg-query -W -f='${Version}' gimp) ($(( $(date +%s) - t0 )) s)"
+  fi
+fi
+
+if [ $want_krita52 = 1 ]; then
+  t0=$(date +%s)
+  if [ -x "$CHROOT/usr/bin/kritarunner" ] && chroot "$CHROOT" python3 -c "import PyQt5" 2>/dev/null; then
+    log "krita 5.2 (chroot) ready ($(( $(date +%s) - t0 )) s)"
+  else
+    log "installing Krita 5.2 + PyQt5 into $CHROOT (about 20 s, +680 MB)"
+    chroot "$CHROOT" apt-get update -q  # mmdebstrap leaves no package lists behind
+    chroot "$CHROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      krita python3-pyqt5
+    log "krita 5.2 (chroot) ready: $(chroot "$CHROOT" dpkg-query -W -f='${Version}' krita) ($(( $(date +%s) - t0 )) s)"
   fi
 fi

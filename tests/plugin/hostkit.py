@@ -210,3 +210,13 @@ def run_in_chroot(command: str, env: dict, timeout: float) -> subprocess.Complet
                 if subprocess.run(["umount", str(target)], capture_output=True, check=False).returncode == 0:
                     break
                 time.sleep(0.5)
+
+
+def have_krita52() -> str | None:
+    """Krita 5.2 + PyQt5 inside the trixie chroot (install/hosts.sh krita52)."""
+    reason = have_gimp()
+    if reason:
+        return reason.replace("hosts.sh gimp", "hosts.sh krita52")
+    if not (CHROOT / "usr" / "bin" / "kritarunner").exists():
+        return f"Krita 5.2 not installed in {CHROOT}: run install/hosts.sh krita52"
+    return None

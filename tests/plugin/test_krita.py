@@ -105,6 +105,54 @@ def test_kritarunner_matte_all_depths(
     assert down["type"] == "Unavailable" and "semantic-matte serve" in down["error"] and down["seconds"] < 6
 
 
+@pytest.mark.skipif(hostkit.have_krita52() is not None, reason=hostkit.have_krita52() or "")
+def test_kritarunner_52_transparency_mask(daemon: str, case: dict, tmp_path: Path) -> None:
+    """Krita 5.2 (trixie chroot, Python 3.13): createTransparencyMask path, cut-out, same pixels as the daemon."""
+    import numpy as np
+
+    env = _install(tmp_path)  # installer on the host, profile under /tmp (shared with the chroot)
+    out = tmp_path / "out"
+    out.mkdir()
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    shutil.copy2(HERE / "krita_scripts" / "kr_matte.py", scripts / "kr_matte.py")
+    cfg = dict(
+        case,
+        out=str(out),
+        pykrita=str(tmp_path / "data" / "krita" / "pykrita"),
+        server=daemon,
+        band=8,
+        depths=["U8", "U16"],
+        dead_port=hostkit.free_port(),
+    )
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    r = hostkit.run_in_chroot(
+        f"kritarunner -s kr_matte -f main {tmp_path / 'cfg.json'}",
+        {
+            "QT_QPA_PLATFORM": "offscreen",
+            "PYTHONPATH": str(scripts),
+            "XDG_DATA_HOME": env["XDG_DATA_HOME"],
+            "XDG_CONFIG_HOME": env["XDG_CONFIG_HOME"],
+        },
+        150,
+    )
+    rep_path = out / "result.json"
+    assert rep_path.exists(), f"rc={r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    rep = json.loads(rep_path.read_text())
+    assert "error" not in rep, rep["error"]
+    print(f"kritarunner {rep['krita']} python {rep['python']}", rep["cases"])
+    assert rep["krita"].startswith("5.2") and rep["modules_numpy_torch"] == []
+    for depth in ("U8", "U16"):
+        c = rep["cases"][depth]
+        assert c["mask_children"] == [["Semantic Matte", "transparencymask"]], c
+        _compare(out, depth, daemon, case["image"])
+        tri = (out / f"{depth}.trimap.raw").read_bytes()
+        alpha, _, _ = hostkit.direct_alpha(daemon, case["image"], tri)
+        mask = np.frombuffer((out / f"{depth}.mask.raw").read_bytes(), np.uint8).reshape(alpha.shape)
+        assert np.abs(mask.astype(int) - alpha).max() == 0, depth
+    assert rep["down"]["type"] == "Unavailable"
+
+
 def _gui_run(prof: Path, tmp: Path, daemon: str, case: dict, env: dict) -> dict:
     pykrita = prof / "data" / "krita" / "pykrita"
     shutil.copytree(HERE / "krita_gui" / "semantic_matte_test", pykrita / "semantic_matte_test")

@@ -33,6 +33,7 @@ def main(*args):
     report = {"cases": {}, "python": sys.version.split()[0]}
     try:
         sys.path.insert(0, cfg["pykrita"])
+        import krita
         import semantic_matte  # bootstraps lib/ (plug-in core + client) exactly as Krita does
         from krita import Krita, Selection
         from semantic_matte import host
@@ -71,6 +72,11 @@ def main(*args):
             Path(out, depth + ".sent_alpha.raw").write_bytes(res.alpha)
             if depth == "U8":
                 Path(out, "U8.image.raw").write_bytes(job.image)
+            mask_kids = None
+            if hasattr(doc, "createTransparencyMask"):  # Krita >= 5.2: the mask path works without a window
+                mask = host.add_transparency_mask(k, krita, t, res.alpha, "Semantic Matte")
+                Path(out, depth + ".mask.raw").write_bytes(bytes(mask.pixelData(0, 0, w, h)))
+                mask_kids = [[c.name(), c.type()] for c in node.childNodes()]
             report["cases"][depth] = {
                 "w": w,
                 "h": h,
@@ -80,6 +86,7 @@ def main(*args):
                 "profile": node.colorProfile(),
                 "seconds": round(time.time() - t0, 2),
                 "class_shares": res.class_shares,
+                "mask_children": mask_kids,
             }
             doc.close()
         # daemon down: a dead address must fail fast with the hint, not hang
