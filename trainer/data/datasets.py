@@ -346,7 +346,7 @@ class CompositionDataset(MattingDataset):
 # Real photos: alphamatting.com
 # ----------------------------------------------------------------------------------------------------------
 
-_FG_CACHE: dict[tuple[str, float], tuple[np.ndarray, np.ndarray]] = {}
+_FG_CACHE: dict[tuple[str, float], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
 _FG_LOCK = threading.Lock()
 
 
@@ -441,31 +441,33 @@ class AlphamattingDataset(MattingDataset):
     def _get(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         name = self.names[index]
         ipath, apath = self.root / "image" / f"{name}.png", self.root / "alpha" / f"{name}.png"
-        image = read_rgb(ipath).astype(np.float32) / 255.0
-        alpha = read_alpha(apath)
         key = (str(ipath.resolve()), ipath.stat().st_mtime)
         with _FG_LOCK:
             hit = _FG_CACHE.get(key)
-        if hit is None:
-            fpath = self.cache_dir / f"{name}_fg.png" if self.cache_dir else None
-            bpath = self.cache_dir / f"{name}_bg.png" if self.cache_dir else None
-            if fpath is not None and bpath is not None and fpath.is_file() and bpath.is_file():
-                hit = (read_rgb(fpath).astype(np.float32) / 255.0, read_rgb(bpath).astype(np.float32) / 255.0)
-            else:
-                hit = estimate_foreground(image, alpha)
-                if fpath is not None and bpath is not None:
-                    fpath.parent.mkdir(parents=True, exist_ok=True)
-                    for p, arr in ((fpath, hit[0]), (bpath, hit[1])):
-                        cv2.imwrite(str(p), np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
-            with _FG_LOCK:
-                _FG_CACHE[key] = hit
-        return image, alpha, hit[0], hit[1]
+        if hit is not None:  # decoding two PNGs per sample was the loader's largest cost
+            return hit
+        image = read_rgb(ipath).astype(np.float32) / 255.0
+        alpha = read_alpha(apath)
+        # Estimate (or load) the foreground / background once per process.
+        fpath = self.cache_dir / f"{name}_fg.png" if self.cache_dir else None
+        bpath = self.cache_dir / f"{name}_bg.png" if self.cache_dir else None
+        if fpath is not None and bpath is not None and fpath.is_file() and bpath.is_file():
+            hit = (read_rgb(fpath).astype(np.float32) / 255.0, read_rgb(bpath).astype(np.float32) / 255.0)
+        else:
+            hit = estimate_foreground(image, alpha)
+            if fpath is not None and bpath is not None:
+                fpath.parent.mkdir(parents=True, exist_ok=True)
+                for p, arr in ((fpath, hit[0]), (bpath, hit[1])):
+                    cv2.imwrite(str(p), np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
+        with _FG_LOCK:
+            _FG_CACHE[key] = hit = (image, alpha, hit[0], hit[1])
+        return hit
 
     def load(self, index: int, rng: np.random.Generator) -> Sample:
         image, alpha, fg, bg = self._get(index)
-        s: Sample = {"fg": fg.copy(), "alpha": alpha, "class_id": -1}
+        s: Sample = {"fg": fg.copy(), "alpha": alpha.copy(), "class_id": -1}
         if self.real:
-            s["image"], s["bg"] = image, bg.copy()
+            s["image"], s["bg"] = image.copy(), bg.copy()
         return s
 
 
