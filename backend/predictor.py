@@ -23,13 +23,19 @@ from backend.accel import inference_copy, maybe_compile
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import TRIMAP_UNKNOWN
-from backend.semantic_trimap import (WINDOW_SIZES, class_shares, override_semantic_trimap, semantic_trimap,
-                                     window_has_unknown)
+from backend.semantic_trimap import (WINDOW_SIZES, class_shares, default_batch_pixels, override_semantic_trimap,
+                                     semantic_trimap, window_has_unknown)
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes.
+# CPU: VmHWM growth of a fresh process, optimised copies, 256–1024² (docs/performance.md): sim_lite 0.41–0.51,
+# sim_r50 see the doc. CUDA: from bench/bench_gpu.py's calibration table (placeholder until measured).
+ACTIVATION_CALIBRATION = {"cpu": 0.5, "cuda": 0.5}
+# Classifier activation elements per window pixel held at its peak (ResNet-50 layer widths; measured on CPU).
+CLASSIFIER_FLOATS_PER_PX = 40.0
 
 
 @dataclass
@@ -95,8 +101,8 @@ class MattingPredictor:
             2–5× faster on CPU). ``model``/``classifier`` themselves are never modified.
         compile: ``torch.compile`` the inference copies (off by default: minutes of compilation per
             new input shape; worth it only for long-running servers with fixed sizes).
-        gpu_preprocess: on CUDA, pad/normalise/encode the trimap (exact distance transform) and
-            finalise alpha on the GPU; None = on for CUDA devices. CPU devices always use OpenCV.
+        gpu_preprocess: normalise, encode the trimap (exact distance transform) and finalise alpha on
+            the device; None = on for CUDA devices (on CPU, OpenCV's distance transform is faster).
         classifier_batch: classifier windows per batch; None = by device (see semantic_trimap).
     """
 
@@ -129,8 +135,8 @@ class MattingPredictor:
         self.meta = dict(meta or {})
         self.optimize = optimize
         self.compile = compile
-        self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else (
-            gpu_preprocess and self.device.type == "cuda")
+        # Explicit True also works on CPU (torch EDT): slower than OpenCV there, but it tests the device path.
+        self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
 
@@ -194,17 +200,57 @@ class MattingPredictor:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def estimate_memory_gb(self, h: int, w: int) -> float:
-        """Rough activation memory of one matting forward pass (fp32), from the layer widths."""
-        enc = self.model.encoder
-        c_stem, c_l1, _, c_l3, c_l4 = enc.feature_channels
+    def _activation_floats_per_px(self) -> float:
+        """Analytic count of the activation elements live at the peak of one matting forward, per input
+        pixel, from the layer widths (skips held for the decoder, the widest stage outputs, ASPP)."""
+        c_stem, c_l1, _, c_l3, c_l4 = self.model.encoder.feature_channels
         dec = self.model.decoder
         u1 = dec.conv_up1[0].out_channels
         head = dec.conv_up4_alpha[0].in_channels
+        floats = 3 * head + 64 + self.model.num_classes + 30 + 3 / 4 * (c_stem + dec.conv_up3[0].in_channels)
+        floats += 3 / 16 * (c_l1 + dec.conv_up2[0].in_channels) + (3 * c_l4 + 2 * c_l3 + 7 * u1 + 4 * c_l4) / 64
+        return floats
+
+    def _act_bytes(self) -> int:
+        return 4 if PRECISIONS[self.precision] is None else 2
+
+    def estimate_memory_gb(self, h: int, w: int) -> float:
+        """Activation memory (GiB) of one matting forward pass at this predictor's precision and device.
+
+        The analytic count times a measured factor (``ACTIVATION_CALIBRATION``, see docs/performance.md):
+        allocators reuse buffers, so the true peak is about half of the count of live tensors.
+        """
+        k = ACTIVATION_CALIBRATION.get(self.device.type, 0.5)
+        return self._activation_floats_per_px() * h * w * self._act_bytes() * k / 2**30
+
+    def estimate_peak_gb(self, h: int, w: int, tile: int | None = None) -> float:
+        """Predicted peak device memory (GiB) of a whole ``predict`` on a padded h×w image, before running it:
+        weights (originals + optimised copies), the whole-image inputs, then the larger of the semantic-trimap
+        phase (float32 accumulator + one classifier batch) and the matting phase (map + one tile's activations)."""
         px = h * w
-        floats = px * (3 * head + 64 + self.model.num_classes + 30) + px / 4 * 3 * (c_stem + dec.conv_up3[0].in_channels)
-        floats += px / 16 * 3 * (c_l1 + dec.conv_up2[0].in_channels) + px / 64 * (3 * c_l4 + 2 * c_l3 + 7 * u1 + 4 * c_l4)
-        return floats * 4 / 2**30
+        nets = [m for m in (self.model, self.classifier) if m is not None]
+        weights = sum(p.numel() * p.element_size() for m in nets for p in m.parameters())
+        weights *= 2 if self.optimize else 1
+        low = PRECISIONS[self.precision] is not None and self.device.type == "cuda"
+        in_bytes = 2 if low else 4
+        c = self.model.num_classes
+        inputs = px * (14 * in_bytes + 4 + 1)  # image, image_n, trimap2, 6 Gaussians; trimap as float; uint8 upload
+        smap = px * c * (2 if low else 4)
+        pre = px * (4 * 3 + 4 * 6 + 4 * 6)  # transient: float image, float32 Gaussians, int32 EDT buffers
+        if self.classifier is not None:
+            batch_px = (self.classifier_batch or 1) * 320 * 320 if self.classifier_batch else \
+                default_batch_pixels(self.device)
+            clf_act = batch_px * CLASSIFIER_FLOATS_PER_PX * self._act_bytes()
+            semantic = px * (4 * c + 4 + 16 + 1) + clf_act + (smap if low else 0)
+        else:
+            semantic = smap
+        side = self._pick_tile(h, w, tile)
+        tile_px = px if side <= 0 else min(px, side * side)
+        matting = smap + tile_px * (self._activation_floats_per_px() * self._act_bytes()
+                                    * ACTIVATION_CALIBRATION.get(self.device.type, 0.5))
+        if side > 0 and tile_px < px:
+            matting += px * 8  # alpha accumulator and blend weights
+        return (weights + inputs + max(pre, semantic, matting)) / 2**30
 
     def _pick_tile(self, h: int, w: int, tile: int | None) -> int:
         tile = self.tile if tile is None else tile
@@ -277,7 +323,8 @@ class MattingPredictor:
 
         t3 = time.perf_counter()
         if tri_dev is not None:
-            alpha = processing.finalize_alpha_torch(alpha_t[0, 0, :h, :w], tri_dev[0, 0, :h, :w]).cpu().numpy()
+            alpha = np.ascontiguousarray(
+                processing.finalize_alpha_torch(alpha_t[0, 0, :h, :w], tri_dev[0, 0, :h, :w]).cpu().numpy())
         else:
             alpha = processing.finalize_alpha(alpha_t[0, 0, :h, :w].float().cpu().numpy(), tri)
         fg = None

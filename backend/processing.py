@@ -6,6 +6,7 @@ Arrays are numpy (H×W[×C]); the torch helpers at the end build the network inp
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -136,6 +137,7 @@ def _row_envelope_torch(g2: torch.Tensor, radius: int) -> torch.Tensor:
 
 
 _TRITON_KERNEL = None
+_TRITON_BROKEN = False
 
 
 def _triton_row_envelope(g2: torch.Tensor, radius: int) -> torch.Tensor:
@@ -202,8 +204,17 @@ def edt_sq(mask: torch.Tensor, *, radius: int | None = None, method: str = "auto
     m = mask[None] if squeeze else mask
     g2 = _column_distance_sq(m.bool())
     r = m.shape[-1] if radius is None else radius
+    global _TRITON_BROKEN
     if method == "auto":
-        method = "triton" if triton_available(m.device) else "torch"
+        method = "triton" if triton_available(m.device) and not _TRITON_BROKEN else "torch"
+        if method == "triton":
+            try:
+                d2 = _triton_row_envelope(g2, r)
+                return d2[0] if squeeze else d2
+            except Exception as exc:  # noqa: BLE001 — a Triton/driver mismatch must not take inference down
+                _TRITON_BROKEN = True
+                logging.getLogger(__name__).warning("Triton distance transform failed (%s); using torch", exc)
+                method = "torch"
     d2 = _triton_row_envelope(g2, r) if method == "triton" else _row_envelope_torch(g2, r)
     return d2[0] if squeeze else d2
 
@@ -218,8 +229,8 @@ def trimap_gaussian_torch(trimap2: torch.Tensor, *, method: str = "auto") -> tor
     out = torch.empty((n * 2, 3, h, w), device=trimap2.device, dtype=torch.float32)
     for j, sigma in enumerate(GAUSS_TRIMAP_SIGMAS):
         torch.exp(-d2f / (2.0 * sigma * sigma), out=out[:, j])
-    empty = ~(trimap2 > 0).reshape(n * 2, -1).any(dim=1)
-    out[empty] = 0.0  # empty mask: its three channels stay 0 (official)
+    present = (trimap2 > 0).reshape(n * 2, -1).any(dim=1)
+    out.mul_(present.view(-1, 1, 1, 1))  # empty mask: its three channels stay 0 (official); no host sync
     return out.view(n, 6, h, w)
 
 

@@ -1,0 +1,197 @@
+"""Fast-path pieces: exact EDT on tensors, BN folding, channels-last, device pre-processing, memory model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from backend import processing as P
+from backend.accel import fold_batchnorm, inference_copy
+from backend.models.registry import build_model
+from backend.predictor import MattingPredictor
+from tests.conftest import make_example
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _random_masks(rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    masks = []
+    for _ in range(n):
+        h, w = (int(v) for v in rng.integers(1, 90, 2))
+        m = rng.random((h, w)) < rng.choice([0.002, 0.02, 0.2, 0.7])
+        if not m.any():
+            m[rng.integers(h), rng.integers(w)] = True
+        masks.append(m)
+    return masks
+
+
+def _assert_edt_matches_opencv(mask: np.ndarray, d2: np.ndarray) -> None:
+    ref = cv2.distanceTransform((~mask).astype(np.uint8) * 255, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # Our d² is the exact integer; OpenCV's float distance squared rounds back to it (it is within 1 ulp).
+    np.testing.assert_array_equal(np.rint(ref.astype(np.float64) ** 2).astype(np.int64), d2)
+    np.testing.assert_array_less(np.abs(np.sqrt(d2.astype(np.float32)) - ref), np.spacing(ref) * 1.01 + 1e-30)
+
+
+def test_edt_equals_opencv_on_random_masks(rng: np.random.Generator) -> None:
+    for m in _random_masks(rng, 25):
+        _assert_edt_matches_opencv(m, P.edt_sq(torch.from_numpy(m), method="torch").numpy())
+    # batched form = per-mask form
+    ms = np.stack([rng.random((40, 50)) < 0.05 for _ in range(3)])
+    ms[:, 0, 0] = True
+    batched = P.edt_sq(torch.from_numpy(ms), method="torch").numpy()
+    for i in range(3):
+        _assert_edt_matches_opencv(ms[i], batched[i])
+
+
+def test_edt_radius_bound_is_exact_inside() -> None:
+    m = np.zeros((30, 200), bool)
+    m[:, 0] = True
+    d2 = P.edt_sq(torch.from_numpy(m), radius=50, method="torch").numpy()
+    x = np.arange(200)
+    np.testing.assert_array_equal(d2[:, :51], np.broadcast_to(x[:51] ** 2, (30, 51)))
+    assert (d2[:, 51:] >= 51 ** 2).all()  # beyond the radius: only a lower bound is promised
+
+
+def test_triton_edt_kernel_in_interpreter() -> None:
+    """The CUDA kernel's code, run by Triton's CPU interpreter (skipped where Triton is not installed)."""
+    pytest.importorskip("triton")
+    code = (
+        "import numpy as np, torch, cv2\n"
+        "from backend import processing as P\n"
+        "rng = np.random.default_rng(5)\n"
+        "for h, w, p in [(37, 70, 0.01), (64, 129, 0.2), (5, 200, 0.003)]:\n"
+        "    m = rng.random((h, w)) < p\n"
+        "    m[0, 0] = True\n"
+        "    d2 = P.edt_sq(torch.from_numpy(m), method='triton').numpy()\n"
+        "    ref = cv2.distanceTransform((~m).astype(np.uint8) * 255, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)\n"
+        "    assert np.array_equal(np.rint(ref.astype(np.float64) ** 2).astype(np.int64), d2), (h, w)\n"
+        "print('ok')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_gaussian_encoding_torch_equals_opencv_path() -> None:
+    tri = np.full((120, 160), 128, np.uint8)
+    tri[:, :20] = 0
+    tri[40:90, 120:] = 255
+    t2 = P.trimap_two_channel(tri)
+    ref = P.trimap_gaussian(t2)
+    got = P.trimap_gaussian_torch(torch.from_numpy(t2.transpose(2, 0, 1).copy())[None], method="torch")
+    np.testing.assert_allclose(got[0].numpy().transpose(1, 2, 0), ref, rtol=2e-5, atol=1e-7)
+    empty = P.trimap_gaussian_torch(torch.zeros(1, 2, 8, 8), method="torch")
+    assert not empty.any()
+
+
+def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def _sim_args(h: int = 64, w: int = 96, c: int = 20) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(7)
+    return (torch.rand(1, 3, h, w, generator=g), torch.randn(1, 3, h, w, generator=g), torch.rand(1, 2, h, w, generator=g),
+            torch.rand(1, 6, h, w, generator=g), torch.rand(1, c, h, w, generator=g))
+
+
+@pytest.mark.parametrize("name", ["sim_tiny", "sim_lite"])
+def test_bn_folding_is_exact_algebra(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    _randomise_bn(model, 1)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = inference_copy(model, fold_bn=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # original untouched
+    args = _sim_args()
+    with torch.no_grad():
+        ref64 = model.double()(*(a.double() for a in args), aux=True)
+        got64 = inference_copy(model, fold_bn=True)(*(a.double() for a in args), aux=True)
+        model.float()
+        ref32, got32 = model(*args, aux=True), folded(*args, aux=True)
+    for k in ref64:
+        assert (ref64[k] - got64[k]).abs().max() < 1e-9, k  # folding itself is exact
+    assert (ref32["alpha"] - got32["alpha"]).abs().max() < 1e-4
+
+
+def test_bn_folding_classifier_and_channels_last() -> None:
+    torch.manual_seed(0)
+    clf = build_model("classifier_lite")
+    _randomise_bn(clf, 2)
+    clf.eval()
+    fast = inference_copy(clf, fold_bn=True, channels_last=True)
+    assert fold_batchnorm(build_model("classifier_tiny")) > 0
+    x = torch.randn(2, 4, 96, 96)
+    with torch.no_grad():
+        ref = clf(x)
+        got = fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-4)
+
+
+def test_optimised_predictor_equals_plain_and_device_path() -> None:
+    torch.manual_seed(0)
+    sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
+    _randomise_bn(sim, 3)
+    _randomise_bn(clf, 4)
+    image, trimap, _ = make_example(100, 140)
+    plain = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap, want_semantic=True)
+    fast = MattingPredictor(sim, clf, device="cpu").predict(image, trimap, want_semantic=True)
+    dev = MattingPredictor(sim, clf, device="cpu", gpu_preprocess=True).predict(image, trimap, want_semantic=True)
+    for r in (fast, dev):
+        assert np.abs(r.alpha - plain.alpha).max() < 1e-4
+        assert np.abs(r.semantic - plain.semantic).max() < 1e-4
+    u16 = MattingPredictor(sim, clf, device="cpu", gpu_preprocess=True).predict(image.astype(np.uint16) * 257, trimap)
+    assert np.abs(u16.alpha - plain.alpha).max() < 1e-4
+
+
+def test_memory_estimate_monotone_and_calibrated() -> None:
+    pred = MattingPredictor(build_model("sim_lite"), build_model("classifier_lite"), device="cpu")
+    sizes = [128, 256, 512, 1024, 2048]
+    act = [pred.estimate_memory_gb(s, s) for s in sizes]
+    assert all(a < b for a, b in zip(act, act[1:]))
+    peak = [pred.estimate_peak_gb(s, s, tile=0) for s in sizes]
+    assert all(a < b for a, b in zip(peak, peak[1:]))
+    # Tiling bounds the prediction: a huge image with a small budget stays far below the untiled one.
+    pred.memory_budget_gb = 0.5
+    assert pred.estimate_peak_gb(4096, 4096) < pred.estimate_peak_gb(4096, 4096, tile=0) / 2
+    pred.precision = "bf16"
+    assert pred.estimate_memory_gb(512, 512) == pytest.approx(act[2] / 2)
+
+
+@pytest.mark.slow
+def test_memory_estimate_within_2x_of_measured_rss() -> None:
+    """Fresh process: VmHWM growth of one sim_lite forward at 512² vs the calibrated estimate."""
+    code = (
+        "import torch, json\n"
+        "from pathlib import Path\n"
+        "from backend.models.registry import build_model\n"
+        "from backend.predictor import MattingPredictor\n"
+        "def st(k):\n"
+        "    return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines()"
+        " if l.startswith(k)) / 2**20\n"
+        "p = MattingPredictor(build_model('sim_lite'), device='cpu')\n"
+        "net, _ = p._networks()\n"
+        "s = 512\n"
+        "a = (torch.rand(1,3,s,s), torch.randn(1,3,s,s), torch.rand(1,2,s,s), torch.rand(1,6,s,s), torch.rand(1,20,s,s))\n"
+        "base = st('VmRSS'); Path('/proc/self/clear_refs').write_text('5')\n"
+        "with torch.no_grad(): net(*a, aux=False)\n"
+        "print(json.dumps([st('VmHWM') - base, p.estimate_memory_gb(s, s)]))\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured, estimate = (float(v) for v in out.stdout.strip().splitlines()[-1].strip("[]").split(","))
+    assert measured / 2 <= estimate <= measured * 2, (measured, estimate)
