@@ -73,7 +73,7 @@ def test_kritarunner_matte_all_depths(
         pykrita=str(prof / "data" / "krita" / "pykrita"),
         server=daemon,
         band=8,
-        depths=["U8", "U16", "F32"],
+        depths=["U8", "U16", "F16", "F32"],
         dead_port=hostkit.free_port(),
     )
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
@@ -95,11 +95,12 @@ def test_kritarunner_matte_all_depths(
     assert (out / "U8.image.raw").read_bytes() == Image.open(case["image"]).convert("RGB").tobytes()
     # ...built the same trimap at every depth, and wrote the daemon's alpha into the cut-out layer
     u8_tri = (out / "U8.trimap.raw").read_bytes()
-    for depth in ("U8", "U16", "F32"):
+    for depth in ("U8", "U16", "F16", "F32"):
         assert (out / f"{depth}.trimap.raw").read_bytes() == u8_tri
         assert rep["cases"][depth]["layers"][:2] == ["Background", "Background (cut-out)"]
     _compare(out, "U8", daemon, case["image"])
     _compare(out, "U16", daemon, case["image"])
+    _compare(out, "F16", daemon, case["image"], exact=False)
     _compare(out, "F32", daemon, case["image"], exact=False)
     down = rep["down"]
     assert down["type"] == "Unavailable" and "semantic-matte serve" in down["error"] and down["seconds"] < 6
@@ -224,6 +225,8 @@ def test_krita_gui_action_mask_undo_and_daemon_down(
     assert not down["ok"] and "semantic-matte serve" in down["message"]
     assert down["seconds"] < 8 and down["ticks"] >= 0.5 * down["expected_ticks"]
     assert (tmp_path / "gui" / "krita-dialog.png").stat().st_size > 10_000
+    log = (prof / "data" / "krita" / "semantic_matte.log").read_text()
+    assert "done in" in log and "Daemon not reachable" in log
     if os.environ.get("SEMANTIC_MATTE_UPDATE_SCREENSHOTS"):  # refresh the README screenshots on request
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         for name in ("krita-dialog.png", "krita-window.png"):

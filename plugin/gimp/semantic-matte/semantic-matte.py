@@ -56,6 +56,7 @@ SOURCES = (("selection", "Selection + band"), ("layer", "Trimap layer (by name)"
 
 try:  # the shared code; a broken install must still register and report itself
     from plugin.core import pixels, preview, session, trimap
+    from plugin.core.logs import setup_log
     from plugin.core.settings import Settings
 
     LOAD_ERROR = ""
@@ -330,6 +331,15 @@ def run(procedure, run_mode, image, drawables, config, data):
     ).validated()
     Gimp.progress_init("Semantic Matte")
     t0 = time.monotonic()
+    log = setup_log(os.path.join(Gimp.directory(), "semantic-matte.log"))
+    log.info(
+        "run %s on %s (%dx%d) -> %s",
+        run_mode.value_nick,
+        layer.get_name(),
+        layer.get_width(),
+        layer.get_height(),
+        s.server,
+    )
     try:
         job = _read_inputs(image, layer, s)
         out = _run_with_progress(
@@ -338,8 +348,10 @@ def run(procedure, run_mode, image, drawables, config, data):
         _write_result(image, layer, out, s)
     except session.JobCancelled:
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a readable PDB error, never a hang
+    except Exception as exc:  # every failure becomes a readable PDB error (and a log entry), never a hang
+        log.warning("failed: %s", session.describe_error(exc, s.server), exc_info=True)
         return _fail(procedure, session.describe_error(exc, s.server))
+    log.info("done in %.2f s", time.monotonic() - t0)
     Gimp.progress_update(1.0)
     if out.class_shares and s.semantic_preview:
         Gimp.message(

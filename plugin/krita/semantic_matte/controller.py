@@ -116,6 +116,15 @@ class Controller(QObject):
         job.finished.connect(self._on_result)
         job.failed.connect(self._on_failed)
         self.job = job
+        log.info(
+            "matte %dx%d %s -> %s (output %s, band %d)",
+            inp.width,
+            inp.height,
+            inp.image_dtype,
+            server,
+            self.settings.output,
+            self.settings.band,
+        )
         self.jobStarted.emit()
         self.progress.emit("sending", 0.0)
         job.start()
@@ -150,6 +159,7 @@ class Controller(QObject):
             log.exception("writing the result failed")
             self.jobFinished.emit(False, f"Could not write the result: {exc}")
             return
+        log.info("done in %.2f s, classes %s", out.seconds, out.class_shares)
         msg = f"Done in {out.seconds:.1f} s"
         if out.class_shares:
             msg += " · classes: " + session.format_shares(out.class_shares)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import krita as krita_mod
@@ -20,7 +21,14 @@ def controller() -> Controller:
     """One controller per Krita process (the docker exists once per window, the settings once)."""
     global _controller
     if _controller is None:
-        _controller = Controller(Krita.instance(), krita_mod)
+        app = Krita.instance()
+        try:
+            from plugin.core.logs import setup_log
+
+            setup_log(os.path.join(app.getAppDataLocation(), "semantic_matte.log"))
+        except Exception:  # noqa: BLE001, S110 - logging is a convenience, never a reason to fail
+            pass
+        _controller = Controller(app, krita_mod)
     return _controller
 
 
