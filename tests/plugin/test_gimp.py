@@ -80,6 +80,12 @@ def test_gimp_batch_matte_depths_and_daemon_down(daemon: str, case: dict, tmp_pa
             assert c["source_visible"] is False
         else:
             assert diff.max() == 0, (name, diff.max())
+    # class override (custom-class argument) reaches the daemon: same answer as a direct request with it
+    assert rep["cases"]["fur"]["status"] == "success"
+    fur, _, _ = hostkit.direct_alpha(daemon, case["image"], tri, classes=["fur"])
+    got = np.frombuffer((out / "fur.alpha.raw").read_bytes(), np.uint8).reshape(fur.shape)
+    assert np.abs(got.astype(int) - fur.astype(int)).max() == 0
+    print("class override changed", f"{(fur != alpha).mean():.3%}", "of the pixels (tiny random model)")
     down = rep["down"]
     assert down["status"] == "execution-error" and "semantic-matte serve" in (down["error"] or "")
     assert down["seconds"] < 6 and not down["mask"]

@@ -318,7 +318,7 @@ def run(procedure, run_mode, image, drawables, config, data):
     layer = drawables[0]
     if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive(procedure, config):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
-    cls = config.get_property("class-override")
+    cls = config.get_property("custom-class").strip() or config.get_property("class-override")
     s = Settings(
         server=config.get_property("server"),
         band=config.get_property("band"),
@@ -406,6 +406,13 @@ class SemanticMatte(Gimp.PlugIn):
             "Semantic class override (auto = classifier)",
             _choice([("auto", "Automatic (classifier)")] + [(c, c) for c in SIMD_CLASSES]),
             "auto",
+            rw,
+        )
+        p.add_string_argument(
+            "custom-class",
+            "Custom c_lass",
+            "Class name of a custom model (listed by the daemon's info); overrides Class when set",
+            "",
             rw,
         )
         p.add_choice_argument(

@@ -33,7 +33,7 @@ def load(precision):
     return img, layer, w, h
 
 
-def run(img, layer, server, output="mask", timeout=60.0, preview=False):
+def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass=""):
     proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-matte")
     c = proc.create_config()
     c.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -44,6 +44,7 @@ def run(img, layer, server, output="mask", timeout=60.0, preview=False):
     c.set_property("output", output)
     c.set_property("timeout", timeout)
     c.set_property("semantic-preview", preview)
+    c.set_property("custom-class", klass)
     t0 = time.time()
     res = proc.run(c)
     return res.index(0), time.time() - t0, Gimp.get_pdb().get_last_error()
@@ -51,13 +52,15 @@ def run(img, layer, server, output="mask", timeout=60.0, preview=False):
 
 try:
     rep["registered"] = Gimp.get_pdb().procedure_exists("plug-in-semantic-matte")
-    for name, precision, output in (
-        ("u8", "u8", "mask"),
-        ("u16", "u16", "mask"),
-        ("float", "float", "layer"),
-    ):
+    cases = (
+        ("u8", "u8", "mask", ""),
+        ("u16", "u16", "mask", ""),
+        ("float", "float", "layer", ""),
+        ("fur", "u8", "mask", "fur"),
+    )
+    for name, precision, output, klass in cases:
         img, layer, w, h = load(precision)
-        status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer")
+        status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer", klass=klass)
         case = {
             "status": status.value_nick,
             "seconds": round(secs, 2),
