@@ -168,10 +168,12 @@ def _write_result(image, layer, out: session.MatteOutput, s: Settings, fmt_src: 
             layer.set_visible(False)
             result = new
         else:
-            mask = layer.get_mask()
-            if mask is None:
-                mask = layer.create_mask(Gimp.AddMaskType.WHITE)
-                layer.add_mask(mask)
+            # Replace rather than overwrite an existing mask: removing and adding masks are undo steps,
+            # a direct buffer write is not (and merge_shadow would clip the write to the selection).
+            if layer.get_mask() is not None:
+                layer.remove_mask(Gimp.MaskApplyMode.DISCARD)
+            mask = layer.create_mask(Gimp.AddMaskType.WHITE)
+            layer.add_mask(mask)
             buf = mask.get_buffer()
             buf.set(rect, "Y u8", out.alpha)
             buf.flush()

@@ -60,6 +60,8 @@ try:
     )
     for name, precision, output, klass in cases:
         img, layer, w, h = load(precision)
+        if klass:  # a first run leaves a mask; the class run must replace it, not fail or blend
+            run(img, layer, cfg["server"], output)
         status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer", klass=klass)
         case = {
             "status": status.value_nick,
