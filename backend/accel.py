@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -141,3 +143,50 @@ def maybe_compile(model: nn.Module, enabled: bool, *, mode: str | None = None) -
     except Exception as exc:  # noqa: BLE001 — compile is an optional accelerator, never a hard dependency
         log.warning("torch.compile unavailable (%s); running eager", exc)
         return model
+
+
+class CudaGraphRunner:
+    """Replays a CUDA graph of ``fn`` captured once per input signature (shapes, dtypes, strides), for
+    fixed-shape inference where launching ~10² kernels one by one from Python costs more than running them.
+
+    Outputs are the graph's static buffers and are overwritten by the next replay of the same graph:
+    consume (or clone) them before calling again. At most ``max_graphs`` graphs are kept (least recently
+    used dropped), because each holds a private memory pool the size of its activations.
+    """
+
+    def __init__(self, fn: Callable[..., Any], max_graphs: int = 4) -> None:
+        self.fn = fn
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]] = OrderedDict()
+
+    def __call__(self, *args: torch.Tensor) -> Any:
+        key = tuple((tuple(a.shape), a.dtype, a.stride(), str(a.device)) for a in args)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(args)
+            self._graphs[key] = entry
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+        graph, static_in, static_out = entry
+        for dst, src in zip(static_in, args):
+            dst.copy_(src)
+        graph.replay()
+        return static_out
+
+    def _capture(self, args: Sequence[torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], Any]:
+        static_in = [torch.empty_strided(a.shape, a.stride(), dtype=a.dtype, device=a.device).copy_(a)
+                     if a.is_contiguous() or a.is_contiguous(memory_format=torch.channels_last)
+                     else a.contiguous() for a in args]
+        # Warm up on a side stream (cuDNN autotuning, lazy initialisation) as graph capture requires.
+        side = torch.cuda.Stream(device=static_in[0].device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.fn(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(*static_in)
+        return graph, static_in, static_out

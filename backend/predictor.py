@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from backend import processing
-from backend.accel import inference_copy, maybe_compile
+from backend.accel import CudaGraphRunner, inference_copy, maybe_compile
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import TRIMAP_UNKNOWN
@@ -104,6 +104,9 @@ class MattingPredictor:
         gpu_preprocess: normalise, encode the trimap (exact distance transform) and finalise alpha on
             the device; None = on for CUDA devices (on CPU, OpenCV's distance transform is faster).
         classifier_batch: classifier windows per batch; None = by device (see semantic_trimap).
+        cuda_graphs: on CUDA, capture the matting net and the classifier batches as CUDA graphs per input
+            shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
+            shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -112,7 +115,7 @@ class MattingPredictor:
                  memory_budget_gb: float = 4.0, trimap_mode: str = "strict", foreground_head: bool = False,
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
-                 classifier_batch: int | None = None) -> None:
+                 classifier_batch: int | None = None, cuda_graphs: bool = False) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -138,11 +141,14 @@ class MattingPredictor:
         # Explicit True also works on CPU (torch EDT): slower than OpenCV there, but it tests the device path.
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
+        self._graphs: dict[str, CudaGraphRunner] = {}
 
     def refresh(self) -> None:
         """Drop the cached inference copies (call after changing ``model``/``classifier`` weights in place)."""
         self._nets = None
+        self._graphs = {}
 
     def _networks(self) -> tuple[nn.Module, nn.Module | None]:
         """(matting net, classifier) as run: the optimised copies, built on first use, or the originals."""
@@ -154,8 +160,35 @@ class MattingPredictor:
                 net, clf = self.model.eval(), (self.classifier.eval() if self.classifier is not None else None)
             net = maybe_compile(net, self.compile)
             clf = maybe_compile(clf, self.compile) if clf is not None else None
+            if self.cuda_graphs and clf is not None:
+                clf = _GraphedClassifier(clf, self._graph("classifier", self._cam_fn(clf)))
             self._nets = (net, clf)
         return self._nets
+
+    def _graph(self, name: str, fn: Callable[..., Any]) -> CudaGraphRunner:
+        if name not in self._graphs:
+            self._graphs[name] = CudaGraphRunner(fn)
+        return self._graphs[name]
+
+    def _graph_autocast(self) -> contextlib.AbstractContextManager:
+        # Inside a captured graph the autocast weight-cast cache must be off (casts are part of the graph).
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=False)
+
+    def _cam_fn(self, clf: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def cam(x: torch.Tensor) -> torch.Tensor:
+            with self._graph_autocast():
+                return clf(x)[1]
+        return cam
+
+    def _net_fn(self, net: nn.Module, aux: bool) -> Callable[..., dict[str, torch.Tensor]]:
+        def run(image: torch.Tensor, image_n: torch.Tensor, trimap2: torch.Tensor, gauss: torch.Tensor,
+                smap: torch.Tensor) -> dict[str, torch.Tensor]:
+            with self._graph_autocast():
+                return net(image, image_n, trimap2, gauss, smap, aux=aux)
+        return run
 
     # ------------------------------------------------------------------ construction
 
@@ -377,8 +410,19 @@ class MattingPredictor:
 
     def _forward(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor,
                  aux: bool) -> dict[str, torch.Tensor]:
+        args = (inputs.image, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, smap)
+        if self.cuda_graphs:
+            try:
+                out = self._graph(f"matting-aux{int(aux)}", self._net_fn(net, aux))(*args)
+                # Static graph buffers are overwritten by the next replay: hand out copies.
+                return {k: v.float().clone() if v.dtype == torch.float32 else v.float() for k, v in out.items()}
+            except Exception as exc:  # noqa: BLE001 — graphs are an optional accelerator
+                log.warning("CUDA graph capture failed (%s); running eager from now on", exc)
+                self.cuda_graphs = False
+                self.refresh()
+                net, _ = self._networks()
         with self._autocast():
-            out = net(inputs.image, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, smap, aux=aux)
+            out = net(*args, aux=aux)
         return {k: v.float() for k, v in out.items()}
 
     def _run_matting(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor, tile: int,
@@ -417,3 +461,22 @@ class MattingPredictor:
         from pymatting import estimate_foreground_ml  # optional-path import: only the cut-out needs it
 
         return np.clip(estimate_foreground_ml(image.astype(np.float64), alpha.astype(np.float64)), 0, 1).astype(np.float32)
+
+
+class _GraphedClassifier:
+    """Classifier stand-in for ``semantic_trimap`` that replays captured graphs of the CAM computation.
+    Only ``fc`` (class count) and the CAM are used there; logits and features are not computed."""
+
+    def __init__(self, clf: nn.Module, runner: CudaGraphRunner) -> None:
+        self.fc = clf.fc
+        self._clf = clf
+        self._runner: CudaGraphRunner | None = runner
+
+    def __call__(self, x: torch.Tensor) -> tuple[None, torch.Tensor, None]:
+        if self._runner is not None:
+            try:
+                return None, self._runner(x), None
+            except Exception as exc:  # noqa: BLE001 — graphs are an optional accelerator
+                log.warning("CUDA graph capture of the classifier failed (%s); running eager", exc)
+                self._runner = None
+        return None, self._clf(x)[1], None

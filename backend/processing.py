@@ -43,10 +43,11 @@ def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
             trimap = np.round(trimap * 255.0)
         trimap = np.clip(trimap, 0, 255).astype(np.uint8)
     if mode == "strict":
-        # A 256-bin histogram is O(HW) where np.unique sorts (≈10× slower on a 2048² trimap).
-        present = np.flatnonzero(np.bincount(trimap.ravel(), minlength=256))
-        stray = np.setdiff1d(present, [TRIMAP_BG, TRIMAP_UNKNOWN, TRIMAP_FG])
-        if stray.size:
+        # Three SIMD byte compares (0.7 ms at 2048²) instead of np.unique's sort (12 ms); the slow path
+        # only runs to name the stray values in the error.
+        ok = (trimap == TRIMAP_BG) | (trimap == TRIMAP_UNKNOWN) | (trimap == TRIMAP_FG)
+        if not ok.all():
+            stray = np.unique(trimap[~ok])
             raise ValueError(f"trimap has values other than 0/128/255 (e.g. {stray[:5].tolist()}); "
                              "use tolerant mode (--trimap-mode tolerant) for 127-valued or soft trimaps")
         out = trimap
@@ -195,8 +196,9 @@ def edt_sq(mask: torch.Tensor, *, radius: int | None = None, method: str = "auto
 
     Args:
         mask: H×W or B×H×W bool tensor (any device).
-        radius: only distances ≤ radius are guaranteed exact; larger ones come back ≥ (radius+1)².
-            None = exact everywhere.
+        radius: distances ≤ radius are exact, larger ones saturate at (radius+1)² (the column distances
+            are clamped there first: min_k min(g², C) + (j−k)² = min(d², C)), which bounds the row search
+            to ±radius. None = exact everywhere.
         method: "triton" (CUDA), "torch" (any device) or "auto".
     Returns int32 tensor of mask's shape; _EDT_BIG where the mask is empty.
     """
@@ -204,6 +206,8 @@ def edt_sq(mask: torch.Tensor, *, radius: int | None = None, method: str = "auto
     m = mask[None] if squeeze else mask
     g2 = _column_distance_sq(m.bool())
     r = m.shape[-1] if radius is None else radius
+    if radius is not None:
+        g2 = g2.clamp_(max=(radius + 1) ** 2)
     global _TRITON_BROKEN
     if method == "auto":
         method = "triton" if triton_available(m.device) and not _TRITON_BROKEN else "torch"

@@ -14,6 +14,8 @@ Configurations (same weights, same inputs, same process):
     fast-bf16    BN folded + frozen WS, channels-last, bf16 autocast, GPU pre-processing (exact Triton EDT),
                  batched classifier windows, cudnn.benchmark on.
     fast-fp16    the same in fp16 (10-bit mantissa: smaller alpha error than bf16, same speed class).
+    fast-fp32    the same levers in FP32 (TF32 convolutions as in the baseline): the exactness control.
+    +graphs      fast-bf16 / fast-fp16 with the matting net and classifier batches replayed as CUDA graphs.
     +compile     (only with --compile) fast-bf16 with torch.compile on the matting net and classifier.
 The accuracy reference is FP32 with TF32 disabled (strict IEEE FP32); differences are reported on the
 unknown region in 1/255 units. Weights are random but with BatchNorm statistics estimated on the input
@@ -24,6 +26,7 @@ and the alpha head scaled so that a realistic share of the unknown region is str
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -131,7 +134,8 @@ def make_predictor(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
     if dev.type == "cpu" and prec == "fp16":
         prec = "bf16"  # CPU autocast supports bf16 only; the smoke run still exercises the code path
     return MattingPredictor(sim, clf, device=dev, precision=prec, optimize=True, gpu_preprocess=True,
-                            compile="compile" in cfg, tile=tile, memory_budget_gb=budget_gb)
+                            compile="compile" in cfg, cuda_graphs="graphs" in cfg, tile=tile,
+                            memory_budget_gb=budget_gb)
 
 
 def set_mode(cfg: str) -> None:
@@ -240,6 +244,8 @@ def main() -> None:
                     help="activation budget that picks the tile size (default 4; CPU 0.05 so that it tiles)")
     ap.add_argument("--cal-sizes", nargs="+", type=int, default=None, help="memory calibration (default 512 1024 2048)")
     ap.add_argument("--compile", action="store_true", help="also time fast-bf16 + torch.compile (slow to build)")
+    ap.add_argument("--graphs-on-cpu", action="store_true", help="list the +graphs configs on CPU too (they run "
+                    "eager there: CUDA graphs need CUDA); for smoke-testing the table only")
     ap.add_argument("--budget-s", type=float, default=165.0, help="skip optional parts past this wall time")
     ap.add_argument("--head-std", type=float, default=0.5,
                     help="alpha-head output std after calibration (0 = leave the random head as it is)")
@@ -270,7 +276,9 @@ def main() -> None:
     report["header"] += f", alpha head ×{head_scale:.1f} (std {args.head_std})"
     log(f"weights calibrated, alpha head scaled ×{head_scale:.1f}")
 
-    configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16"] + (["fast-bf16+compile"] if args.compile else [])
+    configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16"]
+    configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
+    configs += ["fast-bf16+compile"] if args.compile else []
     preds = {c: make_predictor(sim, clf, dev, c) for c in configs + ["fp32-strict"]}
 
     for size in sizes:
@@ -313,6 +321,12 @@ def main() -> None:
                       "diff": alpha_diff(tiled_res.alpha, full, trimap)}
     log(f"seam check: {report['seam']}")
 
+    # Free every predictor (inference copies, CUDA-graph pools) so that the peaks below are their own.
+    preds.clear()
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
     if big and time.perf_counter() - T_START < args.budget_s:
         torch.backends.cudnn.benchmark = False  # a single run: autotuning every new batch shape would dominate
         image, trimap = example(big, seed=2)
@@ -330,7 +344,8 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001
             report["big"] = {"size": big, "error": repr(exc), "peak_gib": peak_gib(dev)}
         log(f"big: {report['big']}")
-        del image, trimap
+        del image, trimap, pred
+        gc.collect()
 
     # Memory-model calibration: predicted vs measured peak, both precisions, untiled.
     for size in cal_sizes:
@@ -340,7 +355,7 @@ def main() -> None:
         image, trimap = example(size, seed=3)
         for cfg in ("fp32-eager", "fast-bf16"):
             set_mode(cfg)
-            pred = preds[cfg]
+            pred = make_predictor(sim, clf, dev, cfg)
             hp, wp = size + 8, size + 8
             pred.predict(image, trimap)
             peak_reset(dev)
@@ -351,6 +366,8 @@ def main() -> None:
                    "predicted_matting_gib": pred.estimate_memory_gb(hp, wp), **matting_only_peak(pred, image, trimap)}
             report["calibration"].append(row)
             log(f"calibration {row}")
+            del pred
+            gc.collect()
 
     print_tables(report, sizes)
     if args.json:

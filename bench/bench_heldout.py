@@ -58,22 +58,24 @@ def main() -> None:
     stages = ("preprocess", "classifier", "matting", "postprocess", "total")
     print(f"# {args.model}+{args.classifier} {args.precision} on CPU ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.predictor_kw}\n")
-    print("| image | size | " + " | ".join(f"{s} s" for s in stages) + " | cf s | ratio |")
-    print("|---|---|" + "---|" * (len(stages) + 2))
+    print("| image | size | " + " | ".join(f"{s} s" for s in stages) + " | best s | cf s | best/cf |")
+    print("|---|---|" + "---|" * (len(stages) + 3))
     rows = []
     for name in args.images:
         image = np.asarray(Image.open(DATA / "image" / f"{name}.png").convert("RGB"))
         trimap = np.asarray(Image.open(DATA / "trimap1" / f"{name}.png").convert("L"))
         pred.predict(image, trimap)  # warm-up
         runs = [pred.predict(image, trimap).timings for _ in range(args.repeats)]
+        # Median per stage; "best" = fastest whole run (this 2-core machine is shared: contention only adds time).
         med = {s: statistics.median(r[s] for r in runs) for s in stages}
+        med["best"] = min(r["total"] for r in runs)
         c = cf.get(name, float("nan"))
         rows.append({"image": name, **med, "cf": c})
         print(f"| {name} | {image.shape[1]}×{image.shape[0]} | " + " | ".join(f"{med[s]:.3f}" for s in stages)
-              + f" | {c:.2f} | {med['total'] / c:.2f} |", flush=True)
-    mean = {s: float(np.mean([r[s] for r in rows])) for s in (*stages, "cf")}
+              + f" | {med['best']:.3f} | {c:.2f} | {med['best'] / c:.2f} |", flush=True)
+    mean = {s: float(np.mean([r[s] for r in rows])) for s in (*stages, "best", "cf")}
     print("| **mean** | | " + " | ".join(f"**{mean[s]:.3f}**" for s in stages)
-          + f" | **{mean['cf']:.2f}** | **{mean['total'] / mean['cf']:.2f}** |")
+          + f" | **{mean['best']:.3f}** | **{mean['cf']:.2f}** | **{mean['best'] / mean['cf']:.2f}** |")
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows, "mean": mean},
                                         indent=1))
