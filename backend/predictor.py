@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes.
-# CPU: VmHWM growth of a fresh process, optimised copies, 256–1024² (docs/performance.md): sim_lite 0.41–0.51,
-# sim_r50 see the doc. CUDA: from bench/bench_gpu.py's calibration table (placeholder until measured).
-ACTIVATION_CALIBRATION = {"cpu": 0.5, "cuda": 0.5}
-# Classifier activation elements per window pixel held at its peak (ResNet-50 layer widths; measured on CPU).
+# CPU: VmHWM growth of a fresh process, optimised copies, 256–1024² (bench/PERFORMANCE.md): sim_lite 0.41–0.51,
+# sim_r50 0.31–0.42. CUDA: from bench/bench_gpu.py's calibration table (placeholder until measured).
+ACTIVATION_CALIBRATION = {"cpu": 0.45, "cuda": 0.5}
+# Classifier activation elements per window pixel at its peak: analytic (ResNet-50: 64 ch at 1/4 res + 2–3
+# layer1 tensors of 256 ch at 1/16 ≈ 40); checked only through the whole-pipeline rows of bench_gpu.py.
 CLASSIFIER_FLOATS_PER_PX = 40.0
 
 
@@ -250,7 +251,7 @@ class MattingPredictor:
     def estimate_memory_gb(self, h: int, w: int) -> float:
         """Activation memory (GiB) of one matting forward pass at this predictor's precision and device.
 
-        The analytic count times a measured factor (``ACTIVATION_CALIBRATION``, see docs/performance.md):
+        The analytic count times a measured factor (``ACTIVATION_CALIBRATION``, see bench/PERFORMANCE.md):
         allocators reuse buffers, so the true peak is about half of the count of live tensors.
         """
         k = ACTIVATION_CALIBRATION.get(self.device.type, 0.5)

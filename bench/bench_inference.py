@@ -73,12 +73,13 @@ def run_once(pred: MattingPredictor, image: np.ndarray, trimap: np.ndarray) -> d
     sync(dev)
     t["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    net, clf = pred._networks()  # what predict() runs: BN-folded channels-last copies unless optimize=False
     with pred._autocast():
-        smap = semantic_trimap(pred.classifier, x.image_n, x.trimap)
+        smap = semantic_trimap(clf, x.image_n, x.trimap, batch_size=None, channels_last=pred.optimize)
         sync(dev)
         t["classifier"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        m = pred.model
+        m = net
         feats = m.encoder(torch.cat([x.image_n, x.trimap_gauss, x.trimap2], 1), smap)
         sync(dev)
         t["encoder"] = time.perf_counter() - t0
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--precision", nargs="+", default=["fp32"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--no-optimize", action="store_true", help="plain eager models (no BN folding / channels-last)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +116,8 @@ def main() -> None:
         mname, cname = cfg.split(":")
         torch.manual_seed(0)
         for prec in args.precision:
-            pred = MattingPredictor(build_model(mname), build_model(cname), device=device, precision=prec)
+            pred = MattingPredictor(build_model(mname), build_model(cname), device=device, precision=prec,
+                                    optimize=not args.no_optimize)
             for size in args.sizes:
                 image, trimap = example(size)
                 run_once(pred, image, trimap)  # warm-up (allocator, cuDNN autotune)
