@@ -105,6 +105,7 @@ class MattingPredictor:
         gpu_preprocess: normalise, encode the trimap (exact distance transform) and finalise alpha on
             the device; None = on for CUDA devices (on CPU, OpenCV's distance transform is faster).
         classifier_batch: classifier windows per batch; None = by device (see semantic_trimap).
+        channels_last: with ``optimize``, run the copies and the classifier windows channels-last (NHWC).
         cuda_graphs: on CUDA, capture the matting net and the classifier batches as CUDA graphs per input
             shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
@@ -116,7 +117,8 @@ class MattingPredictor:
                  memory_budget_gb: float = 4.0, trimap_mode: str = "strict", foreground_head: bool = False,
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
-                 classifier_batch: int | None = None, cuda_graphs: bool = False) -> None:
+                 classifier_batch: int | None = None, cuda_graphs: bool = False,
+                 channels_last: bool = True) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -143,6 +145,7 @@ class MattingPredictor:
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self.channels_last = channels_last and optimize
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
         self._graphs: dict[str, CudaGraphRunner] = {}
 
@@ -155,8 +158,9 @@ class MattingPredictor:
         """(matting net, classifier) as run: the optimised copies, built on first use, or the originals."""
         if self._nets is None:
             if self.optimize:
-                net: nn.Module = inference_copy(self.model, channels_last=True)
-                clf = inference_copy(self.classifier, channels_last=True) if self.classifier is not None else None
+                cl = self.channels_last
+                net: nn.Module = inference_copy(self.model, channels_last=cl)
+                clf = inference_copy(self.classifier, channels_last=cl) if self.classifier is not None else None
             else:
                 net, clf = self.model.eval(), (self.classifier.eval() if self.classifier is not None else None)
             net = maybe_compile(net, self.compile)
@@ -343,7 +347,7 @@ class MattingPredictor:
             with self._autocast():
                 smap = semantic_trimap(clf, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes,
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,
-                                       channels_last=self.optimize)
+                                       channels_last=self.channels_last)
         else:
             smap = torch.zeros((1, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
         timings["classifier"] = self._elapsed(t1)

@@ -14,6 +14,7 @@ Configurations (same weights, same inputs, same process):
     fast-bf16    BN folded + frozen WS, channels-last, bf16 autocast, GPU pre-processing (exact Triton EDT),
                  batched classifier windows, cudnn.benchmark on.
     fast-fp16    the same in fp16 (10-bit mantissa: smaller alpha error than bf16, same speed class).
+    fast-bf16-nchw  fast-bf16 without channels-last (cuDNN's NHWC kernels for dilated convs vary).
     fast-fp32    the same levers in FP32 (TF32 convolutions as in the baseline): the exactness control.
     +graphs      fast-bf16 / fast-fp16 with the matting net and classifier batches replayed as CUDA graphs.
     +compile     (only with --compile) fast-bf16 with torch.compile on the matting net and classifier.
@@ -135,6 +136,7 @@ def make_predictor(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
         prec = "bf16"  # CPU autocast supports bf16 only; the smoke run still exercises the code path
     return MattingPredictor(sim, clf, device=dev, precision=prec, optimize=True, gpu_preprocess=True,
                             compile="compile" in cfg, cuda_graphs="graphs" in cfg, tile=tile,
+                            channels_last="nchw" not in cfg,
                             memory_budget_gb=budget_gb)
 
 
@@ -276,7 +278,7 @@ def main() -> None:
     report["header"] += f", alpha head ×{head_scale:.1f} (std {args.head_std})"
     log(f"weights calibrated, alpha head scaled ×{head_scale:.1f}")
 
-    configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16"]
+    configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16", "fast-bf16-nchw"]
     configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
     configs += ["fast-bf16+compile"] if args.compile else []
     preds = {c: make_predictor(sim, clf, dev, c) for c in configs + ["fp32-strict"]}

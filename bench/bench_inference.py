@@ -75,7 +75,7 @@ def run_once(pred: MattingPredictor, image: np.ndarray, trimap: np.ndarray) -> d
     t0 = time.perf_counter()
     net, clf = pred._networks()  # what predict() runs: BN-folded channels-last copies unless optimize=False
     with pred._autocast():
-        smap = semantic_trimap(clf, x.image_n, x.trimap, batch_size=None, channels_last=pred.optimize)
+        smap = semantic_trimap(clf, x.image_n, x.trimap, batch_size=None, channels_last=pred.channels_last)
         sync(dev)
         t["classifier"] = time.perf_counter() - t0
         t0 = time.perf_counter()
