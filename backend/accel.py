@@ -121,9 +121,11 @@ def fold_batchnorm(model: nn.Module) -> int:
     return folded
 
 
-def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False) -> nn.Module:
-    """An eval-mode deep copy of ``model`` with BN folded and/or channels-last weights."""
-    out = copy.deepcopy(model).eval()
+def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: bool = False,
+                   inplace: bool = False) -> nn.Module:
+    """An eval-mode deep copy of ``model`` with BN folded and/or channels-last weights; ``inplace`` transforms
+    ``model`` itself instead (for modules nobody else holds: saves a second copy of the weights)."""
+    out = (model if inplace else copy.deepcopy(model)).eval()
     for p in out.parameters():
         p.requires_grad_(False)
     if fold_bn:

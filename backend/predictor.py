@@ -148,6 +148,7 @@ class MattingPredictor:
         self.channels_last = channels_last and optimize
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
         self._graphs: dict[str, CudaGraphRunner] = {}
+        self._inplace = False  # True when this predictor alone holds the modules (from_pretrained)
 
     def refresh(self) -> None:
         """Drop the cached inference copies (call after changing ``model``/``classifier`` weights in place)."""
@@ -159,8 +160,9 @@ class MattingPredictor:
         if self._nets is None:
             if self.optimize:
                 cl = self.channels_last
-                net: nn.Module = inference_copy(self.model, channels_last=cl)
-                clf = inference_copy(self.classifier, channels_last=cl) if self.classifier is not None else None
+                net: nn.Module = inference_copy(self.model, channels_last=cl, inplace=self._inplace)
+                clf = (inference_copy(self.classifier, channels_last=cl, inplace=self._inplace)
+                       if self.classifier is not None else None)
             else:
                 net, clf = self.model.eval(), (self.classifier.eval() if self.classifier is not None else None)
             net = maybe_compile(net, self.compile)
@@ -219,8 +221,10 @@ class MattingPredictor:
             raise WeightsError(f"classifier has {len(cw.classes)} classes, matting model {len(classes)}")
         meta = {"matting_weights": str(wpath), "classifier_weights": str(cpath) if cpath else None,
                 "arch": mw.arch, "classifier_arch": cw.arch if cw else None, "source": mw.source, **mw.meta}
-        return cls(mw.model, cw.model if cw else None, classes=classes, device=device,
+        pred = cls(mw.model, cw.model if cw else None, classes=classes, device=device,
                    foreground_head=bool(mw.meta.get("foreground_head", False)), meta=meta, **kwargs)
+        pred._inplace = True  # the loaded modules are ours alone: optimise them in place, no second weight copy
+        return pred
 
     def info(self) -> dict[str, Any]:
         return {"model": getattr(self.model, "arch", type(self.model).__name__),
@@ -268,7 +272,7 @@ class MattingPredictor:
         px = h * w
         nets = [m for m in (self.model, self.classifier) if m is not None]
         weights = sum(p.numel() * p.element_size() for m in nets for p in m.parameters())
-        weights *= 2 if self.optimize else 1
+        weights *= 2 if self.optimize and not self._inplace else 1
         low = PRECISIONS[self.precision] is not None and self.device.type == "cuda"
         in_bytes = 2 if low else 4
         c = self.model.num_classes

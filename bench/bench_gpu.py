@@ -152,6 +152,7 @@ def time_config(pred: MattingPredictor, image: np.ndarray, trimap: np.ndarray, *
     for _ in range(warmup):
         pred.predict(image, trimap)
     peak_reset(dev)
+    resident = torch.cuda.memory_allocated(dev) / GIB if dev.type == "cuda" else float("nan")  # weights etc.
     times, stages = [], []
     t_begin = time.perf_counter()
     res = None
@@ -166,6 +167,7 @@ def time_config(pred: MattingPredictor, image: np.ndarray, trimap: np.ndarray, *
     assert res is not None
     med = {k: statistics.median(s[k] for s in stages) for k in ("preprocess", "classifier", "matting", "postprocess")}
     return {"median_s": statistics.median(times), "min_s": min(times), "n": len(times), "peak_gib": peak_gib(dev),
+            "resident_gib": resident,
             "stages": med, "alpha": res.alpha, "tiles": res.tiles}
 
 
@@ -307,6 +309,7 @@ def main() -> None:
                 continue
             r["diff_max"], r["diff_mean"] = alpha_diff(r.pop("alpha"), ref, trimap)
             r["gib_per_mp"] = r["peak_gib"] / (size * size / 1e6)
+            r["act_gib_per_mp"] = (r["peak_gib"] - r["resident_gib"]) / (size * size / 1e6)
             rows[cfg] = r
             log(f"{size}² {cfg}: {r['median_s'] * 1e3:.1f} ms (n={r['n']}), peak {r['peak_gib']:.2f} GiB, "
                 f"Δα max {r['diff_max']:.2f}/255 mean {r['diff_mean']:.3f}/255, stages "
@@ -381,9 +384,9 @@ def main() -> None:
 
 def print_tables(report: dict[str, Any], sizes: list[int]) -> None:
     print(f"\n## {report['header']}\n")
-    print("| size | config | median ms | min ms | n | speed-up | peak GiB | GiB/MP | Δα max /255 | Δα mean /255 "
-          "| pre / cls / mat / post ms |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| size | config | median ms | min ms | n | speed-up | peak GiB | GiB/MP | GiB/MP w/o resident "
+          "| Δα max /255 | Δα mean /255 | pre / cls / mat / post ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         entry = report["sizes"].get(size)
         if not entry:
@@ -392,22 +395,23 @@ def print_tables(report: dict[str, Any], sizes: list[int]) -> None:
         base = rows.get("fp32-eager", {}).get("median_s")
         for cfg, r in rows.items():
             if "error" in r:
-                print(f"| {size}² | {cfg} | error: {r['error'][:80]} |||||||||")
+                print(f"| {size}² | {cfg} | error: {r['error'][:80]} ||||||||||")
                 continue
             st = r["stages"]
             sp = f"{base / r['median_s']:.1f}×" if base else "—"
             print(f"| {size}² | {cfg} | {r['median_s'] * 1e3:.1f} | {r['min_s'] * 1e3:.1f} | {r['n']} | {sp} | "
-                  f"{r['peak_gib']:.2f} | {r['gib_per_mp']:.2f} | {r['diff_max']:.2f} | {r['diff_mean']:.3f} | "
+                  f"{r['peak_gib']:.2f} | {r['gib_per_mp']:.2f} | {r['act_gib_per_mp']:.2f} | {r['diff_max']:.2f} | "
+                  f"{r['diff_mean']:.3f} | "
                   f"{st['preprocess'] * 1e3:.1f} / {st['classifier'] * 1e3:.1f} / {st['matting'] * 1e3:.1f} / "
                   f"{st['postprocess'] * 1e3:.1f} |")
-        print(f"| {size}² | (soft α share of unknown in FP32 reference: {entry['soft_pct']:.0f} %) ||||||||||")
+        print(f"| {size}² | (soft α share of unknown in FP32 reference: {entry['soft_pct']:.0f} %) |||||||||||")
         floor = rows.get("fp32-eager", {}).get("diff_mean")
         if floor and floor > 1e-3:  # CPU has no TF32: the floor is ~0 there and the ratio meaningless
             # TF32 (10-bit mantissa inputs, FP32 accumulation) is what PyTorch's default "FP32" gives on a GPU;
             # with random weights the absolute Δα is conditioning-dominated, the ratio to this floor is not.
             ratios = ", ".join(f"{c} {r['diff_mean'] / floor:.1f}×" for c, r in rows.items()
                                if c != "fp32-eager" and "error" not in r)
-            print(f"| {size}² | (mean Δα relative to the TF32 baseline's: {ratios}) ||||||||||")
+            print(f"| {size}² | (mean Δα relative to the TF32 baseline's: {ratios}) |||||||||||")
     e = report.get("edt") or {}
     print(f"\nEDT on device: triton={e.get('triton')}, integer d² == OpenCV: {e.get('edt_int_equal')}, Gaussian "
           f"max |Δ| {e.get('gauss_max_abs_diff', float('nan')):.2e}; {e.get('gpu_ms', float('nan')):.2f} ms on device "
