@@ -235,7 +235,8 @@ def classification_loss(fake_logits: torch.Tensor, real_logits: torch.Tensor | N
     """L_c: the frozen discriminator should classify α̂ as it classifies α.
 
     soft (default, paper): −Σ_j p̂_j log p_j with p̂ = softmax(D(α)) (GT) and p = softmax(D(α̂)); its minimum
-        is the entropy of p̂, not 0. label: cross-entropy of D(α̂) against the class id. bce (official
+        is the entropy of p̂, not 0. label: cross-entropy of D(α̂) against the class id (−1 = unknown class,
+        ignored). bce (official
         code): BCE(sigmoid(D(α̂)), sigmoid(D(α))) over the classes.
     """
     if target == "soft":
@@ -246,7 +247,9 @@ def classification_loss(fake_logits: torch.Tensor, real_logits: torch.Tensor | N
     if target == "label":
         if labels is None:
             raise ValueError("label classification target needs class ids")
-        return F.cross_entropy(fake_logits.float(), labels)
+        if not bool((labels >= 0).any()):  # only samples of unknown class (−1): nothing to match
+            return fake_logits.float().sum() * 0.0
+        return F.cross_entropy(fake_logits.float(), labels.long(), ignore_index=-1)
     if target == "bce":
         if real_logits is None:
             raise ValueError("bce classification target needs the real logits")

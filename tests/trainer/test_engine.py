@@ -1,0 +1,236 @@
+"""Training loop: loss goes down, resume is bit-identical, configs, snapshots, AMP, non-finite guard."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toy_data import ToyMattingDataset
+
+from backend.models.registry import build_model
+from backend.models.weights import load_weights, save_checkpoint
+from trainer import checkpoint as ckpt
+from trainer.config import ConfigError, load_config
+from trainer.engine import ResumableSampler, Trainer, lr_factor
+from trainer.tasks import MattingCollate
+
+NUM_CLASSES = 3
+
+
+def _cfg(tmp: Path, name: str, task: str = "matting", *extra: str):
+    base = [f"run.out_dir={tmp}", f"run.name={name}", "data.batch_size=4", "data.num_workers=0",
+            "data.crop_size=64", "run.progress=false", "run.log_every=1", "run.deterministic=true",
+            "run.tensorboard=false", "data.classes=a,b,c", "optim.lr=1e-3", "schedule.policy=constant"]
+    base.append("model.arch=" + ("sim_tiny" if task == "matting" else "classifier_tiny"))
+    return load_config(None, base + list(extra), task=task)
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory) -> dict[str, str]:
+    """Random-weight frozen helpers: enough to exercise the semantic trimap and L_c / L_f paths."""
+    d = tmp_path_factory.mktemp("helpers")
+    torch.manual_seed(1)
+    cls = save_checkpoint(d / "classifier.pt", build_model("classifier_tiny", num_classes=NUM_CLASSES),
+                          kind="classifier", classes=["a", "b", "c"])
+    disc = save_checkpoint(d / "discriminator.pt", build_model("classifier_tiny", num_classes=NUM_CLASSES),
+                           kind="discriminator", classes=["a", "b", "c"], meta={"disc_input": "fg_alpha"})
+    return {"classifier": str(cls), "discriminator": str(disc)}
+
+
+def _fixed_batch(ds, n: int = 4) -> dict[str, torch.Tensor]:
+    np.random.seed(0)
+    return MattingCollate()([ds[i] for i in range(n)])
+
+
+def _loss_on(trainer: Trainer, batch: dict) -> float:
+    with torch.no_grad():
+        b = {k: v.to(trainer.device) for k, v in batch.items()}
+        return float(trainer.task.step(trainer.model, b)["total"])
+
+
+def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
+    ds = ToyMattingDataset(4, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "fit", "matting", "schedule.steps=25", f"model.classifier={helpers['classifier']}",
+               f"model.discriminator={helpers['discriminator']}")
+    tr = Trainer(cfg, train_dataset=ds)
+    batch = _fixed_batch(ds)
+    before = _loss_on(tr, batch)
+    history = tr.train()
+    after = _loss_on(tr, batch)
+    assert after < 0.75 * before, (before, after)
+    assert history[-1]["total"] < history[0]["total"]
+    for key in ("alpha_l1", "comp", "lap", "l_fb", "grad", "excl", "cls", "feat", "lr", "samples_per_s"):
+        assert key in history[-1]
+    # Export: backend format, classifier copied beside it, the predictor loads both.
+    from backend.predictor import MattingPredictor
+
+    weights = tmp_path / "fit" / "matting.pt"
+    lw = load_weights(weights, "matting")
+    assert lw.meta["foreground_head"] is True and lw.meta["classifier"] == "classifier.pt"
+    p = MattingPredictor.from_pretrained(weights=weights, device="cpu")
+    assert p.classifier is not None
+    res = p.predict(batch["image"][0].permute(1, 2, 0).numpy(), batch["trimap"][0, 0].numpy().astype(np.uint8))
+    assert res.alpha.shape == (64, 64)
+
+
+def test_tiny_classifier_run_lowers_loss(tmp_path):
+    ds = ToyMattingDataset(6, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "cls", "classifier", "schedule.steps=30")
+    tr = Trainer(cfg, train_dataset=ds, val_dataset=ds)
+    batch = _fixed_batch(ds, 6)
+    tr.model.eval()
+    before = _loss_on(tr, batch)
+    tr.train()
+    tr.model.eval()
+    after = _loss_on(tr, batch)
+    assert after < 0.6 * before, (before, after)
+    rows = list(csv.DictReader(open(tmp_path / "cls" / "eval.csv")))
+    assert float(rows[-1]["acc"]) >= 0.5
+    assert load_weights(tmp_path / "cls" / "classifier.pt", "classifier").arch == "classifier_tiny"
+
+
+def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in ckpt.unwrap(trainer.model).state_dict().items()}
+    for i, (pid, st) in enumerate(trainer.optimizer.state_dict()["state"].items()):
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                out[f"optim.{pid}.{k}"] = v
+    return out
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_is_bit_identical(tmp_path, helpers, workers):
+    """N steps in one go == k steps, a fresh process-like restart with --resume, then N − k steps."""
+    ds = ToyMattingDataset(10, 64, NUM_CLASSES)  # 10 samples, batch 4: batches straddle epochs
+    extra = ("schedule.steps=6", "schedule.policy=cosine", "schedule.warmup_steps=2", "run.ckpt_every=100",
+             f"data.num_workers={workers}", f"model.classifier={helpers['classifier']}",
+             f"model.discriminator={helpers['discriminator']}")
+    full = Trainer(_cfg(tmp_path, "full", "matting", *extra), train_dataset=ds)
+    full.train()
+
+    part = Trainer(_cfg(tmp_path, "split", "matting", *extra), train_dataset=ds)
+    part.train(stop_after=4)
+    assert part.step == 4 and ckpt.find_last(tmp_path / "split").name == "step_00000004.pt"
+    torch.manual_seed(12345)  # a restarted process would have a different RNG: resume must restore it
+    np.random.seed(999)
+    resumed = Trainer(_cfg(tmp_path, "split", "matting", *extra), resume=True, train_dataset=ds)
+    assert resumed.step == 4
+    resumed.train()
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:5]}"
+    assert full.scheduler.state_dict()["last_epoch"] == resumed.scheduler.state_dict()["last_epoch"] == 6
+    # The resumed CSV has each step once.
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "split" / "train.csv"))]
+    assert steps == list(range(1, 7))
+
+
+def test_snapshot_contents_and_last_pointer(tmp_path):
+    ds = ToyMattingDataset(8, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "snap", "classifier", "schedule.steps=6", "run.ckpt_every=2", "run.keep_ckpts=2")
+    Trainer(cfg, train_dataset=ds).train()
+    cdir = tmp_path / "snap" / "checkpoints"
+    assert sorted(p.name for p in cdir.glob("step_*.pt")) == ["step_00000004.pt", "step_00000006.pt"]
+    assert (cdir / "last").read_text().strip() == "step_00000006.pt"
+    snap = ckpt.load_snapshot(ckpt.find_last(tmp_path / "snap"))
+    assert snap["step"] == 6 and snap["data"]["position"] == 24
+    assert {"models", "optimizer", "scheduler", "scaler", "rng", "config"} <= set(snap)
+    assert set(snap["rng"][0]) >= {"python", "numpy", "torch"}
+    assert snap["config"]["model"]["arch"] == "classifier_tiny"
+    saved = json.loads((tmp_path / "snap" / "config.json").read_text())
+    assert saved == snap["config"]
+
+
+def test_deterministic_gaussian_trimap_matches_backend_encoding():
+    from backend.processing import trimap_gaussian, trimap_two_channel
+    from trainer.tasks import gaussian_trimap_deterministic
+
+    tri = ToyMattingDataset(1, 64, 1)[0]["trimap"][0].numpy().astype(np.uint8)
+    two = trimap_two_channel(tri)
+    ours = gaussian_trimap_deterministic(two)
+    np.testing.assert_allclose(ours, trimap_gaussian(two), atol=1e-5)
+    assert np.array_equal(ours, gaussian_trimap_deterministic(two))
+
+
+def test_sampler_resumes_and_shards():
+    full = ResumableSampler(10, seed=3)
+    it = iter(full)
+    seq = [next(it) for _ in range(25)]
+    resumed = iter(ResumableSampler(10, seed=3, start=13))
+    assert [next(resumed) for _ in range(12)] == seq[13:]
+    assert sorted(k[0] for k in seq[:10]) == list(range(10))  # epoch 0 is a permutation
+    r0 = iter(ResumableSampler(10, seed=3, rank=0, world=2))
+    r1 = iter(ResumableSampler(10, seed=3, rank=1, world=2))
+    a, b = {next(r0)[0] for _ in range(5)}, {next(r1)[0] for _ in range(5)}
+    assert [k[2] for k in seq] == [0] * 10 + [1] * 10 + [2] * 5  # epochs ride along
+    assert not a & b and len(a | b) == 10
+
+
+def test_config_overrides_files_and_errors(tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text('task = "matting"\n[optim]\nlr = 0.01\n[data]\nbatch_size = 2\n'
+                    'train = [{kind = "synthetic", count = 8}]\n')
+    child = tmp_path / "child.toml"
+    child.write_text('base = "base.toml"\n[optim]\nname = "adamw"\n')
+    cfg = load_config(child, ["data.batch_size=3", "run.precision=bf16", "loss.grad=0.5"])
+    assert (cfg.optim.lr, cfg.optim.name, cfg.data.batch_size, cfg.run.precision) == (0.01, "adamw", 3, "bf16")
+    assert cfg.loss.grad == 0.5 and cfg.model.arch == "sim_lite" and cfg.data.train[0]["count"] == 8
+    with pytest.raises(ConfigError, match="optim.lrr"):
+        load_config(None, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="integer"):
+        load_config(None, ["data.batch_size=1.5"])
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, ["run.precision=fp8"])
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        load_config(None, ["data.crop_size=100"])
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu_smoke.toml", "default_sim_lite.toml", "full_sim_r50.toml"])
+def test_shipped_configs_parse(name):
+    path = Path(__file__).resolve().parents[2] / "trainer" / "configs" / name
+    cfg = load_config(path)
+    assert cfg.task == "matting"
+
+
+def test_lr_schedule_shapes():
+    cfg = load_config(None, ["schedule.steps=100", "schedule.warmup_steps=10", "schedule.policy=step",
+                             "schedule.decay_every=30", "optim.lr=1e-3"])
+    f = lr_factor(cfg.schedule, cfg.optim.lr)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == 1.0 and f(40) == pytest.approx(0.1) and f(70) == pytest.approx(0.01)
+    cfg = load_config(None, ["schedule.steps=100", "schedule.policy=cosine", "optim.lr=1e-3", "schedule.min_lr=1e-5"])
+    f = lr_factor(cfg.schedule, cfg.optim.lr)
+    assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.01)
+
+
+def test_bf16_autocast_step_is_finite(tmp_path):
+    ds = ToyMattingDataset(4, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "bf16", "matting", "schedule.steps=2", "run.precision=bf16", "model.smap=label")
+    history = Trainer(cfg, train_dataset=ds).train()
+    assert all(np.isfinite(r["total"]) for r in history)
+
+
+def test_nonfinite_loss_skips_then_aborts(tmp_path, monkeypatch):
+    ds = ToyMattingDataset(4, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "nonfinite", "classifier", "schedule.steps=10", "run.max_nonfinite=3")
+    tr = Trainer(cfg, train_dataset=ds)
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    orig = tr.task.step
+    monkeypatch.setattr(tr.task, "step", lambda m, b: {**orig(m, b), "total": torch.tensor(float("nan"))})
+    with pytest.raises(FloatingPointError, match="3 consecutive"):
+        tr.train()
+    after = tr.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    ds = ToyMattingDataset(4, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "tb", "classifier", "schedule.steps=2", "run.tensorboard=true")
+    Trainer(cfg, train_dataset=ds).train()
+    assert list((tmp_path / "tb" / "tb").glob("events.out.tfevents.*"))

@@ -1,0 +1,572 @@
+"""The training loop: data → task step → finite check → backward → clip → optimiser/scheduler step, with
+logging (CSV, TensorBoard, tqdm), periodic evaluation, snapshots and exact resume (style anchors §6:
+the "plain" loop, kept small enough to read in one go).
+
+Determinism and resume. The sampler is a pure function of (seed, epoch, rank, position) and hands every
+sample its own seed; ``SeededDataset`` seeds python/numpy/torch from it before the dataset builds the
+sample, so augmentation does not depend on which worker ran it or when the loader was (re)created.
+Snapshots store the number of samples consumed, so a resumed run reads exactly the batches the
+uninterrupted run would have read. The loader draws its worker base seed from a private generator, so
+creating it does not advance the global torch RNG (dropout). With ``run.deterministic`` on CPU a resumed
+run is bit-identical to an uninterrupted one (tested); on CUDA, deterministic algorithms are requested
+with ``warn_only`` (bilinear upsampling's backward has no deterministic CUDA kernel).
+
+Distributed: launched by torchrun (RANK / WORLD_SIZE / LOCAL_RANK set), NCCL on GPUs, gloo on CPUs,
+DistributedDataParallel, SyncBatchNorm on GPUs (PyTorch's SyncBatchNorm has no CPU kernel, so CPU/gloo
+runs keep per-process BatchNorm statistics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
+
+from trainer.checkpoint import find_last, load_snapshot, rng_state, save_snapshot, set_rng_state, unwrap
+from trainer.config import ScheduleConfig, TrainConfig, save_config
+from trainer.tasks import Task, build_task, to_device
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from the torchrun environment (1 process without it)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def init_distributed(device_type: str) -> bool:
+    """Join the torchrun process group (also with one process: DDP and SyncBatchNorm then run as they
+    would on N GPUs, which lets a single-GPU machine check that path)."""
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return True
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("run.device asks for CUDA but none is available; use run.device=cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(on: bool) -> None:
+    if on:
+        # Needed by cuBLAS for deterministic GEMMs; must be set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = not on
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
+def sample_seed(seed: int, epoch: int, rank: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank, index]).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ResumableSampler(Sampler[tuple[int, int, int]]):
+    """Endless stream of (dataset index, sample seed, epoch) for one rank, resumable at any position.
+
+    Epoch e is a permutation drawn from (seed, e); rank r takes every world-th element, all ranks the
+    same count (the tail of ``n mod world`` is dropped per epoch). Batches may straddle epochs.
+    """
+
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
+                 start: int = 0) -> None:
+        if n < world:
+            raise ValueError(f"dataset of {n} samples is smaller than the world size {world}")
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.per_rank = n // world
+        self.start = start
+
+    def _indices(self, epoch: int) -> np.ndarray:
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
+                 else np.arange(self.n))
+        return order[self.rank::self.world][: self.per_rank]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        pos = self.start
+        epoch, cached = -1, np.empty(0, np.int64)
+        while True:
+            e, off = divmod(pos, self.per_rank)
+            if e != epoch:
+                epoch, cached = e, self._indices(e)
+            yield int(cached[off]), sample_seed(self.seed, e, self.rank, off), e
+            pos += 1
+
+    def __len__(self) -> int:  # one epoch, for information only; iteration is endless
+        return self.per_rank
+
+
+def set_epoch(dataset: Any, epoch: int) -> None:
+    """Forward the epoch to datasets whose random stream depends on it (trainer.data's ``set_epoch``)."""
+    if isinstance(dataset, ConcatDataset):
+        for d in dataset.datasets:
+            set_epoch(d, epoch)
+    elif hasattr(dataset, "set_epoch") and getattr(dataset, "epoch", None) != epoch:
+        dataset.set_epoch(epoch)
+
+
+class SeededDataset(Dataset):
+    """Wraps a map-style dataset: item ``(index, seed, epoch)`` sets the dataset's epoch, seeds
+    python/numpy/torch, then builds sample ``index``. Datasets that derive their randomness from
+    (seed, epoch, index) themselves (trainer.data) ignore the global seeding; others become deterministic.
+
+    In the main process (num_workers = 0) the global RNG states are restored afterwards, so data loading
+    never perturbs the training RNG (dropout) — in workers the seeding is the isolation.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        index, seed, epoch = key
+        in_main = torch.utils.data.get_worker_info() is None
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
+        try:
+            set_epoch(self.dataset, epoch)
+            seed_everything(seed)
+            return self.dataset[index]
+        finally:
+            if saved is not None:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+
+
+def prepare_dataset(dataset: Any) -> None:
+    """Run one-off preparation (e.g. alphamatting foreground estimation) before workers fork, so each
+    worker inherits the result instead of recomputing it."""
+    for d in getattr(dataset, "datasets", None) or []:
+        prepare_dataset(d)
+    if hasattr(dataset, "prepare"):
+        dataset.prepare()
+
+
+def _worker_init(worker_id: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the workers already run in parallel; OpenCV threads would oversubscribe the CPU
+
+
+def build_dataset(specs: Sequence[dict[str, Any]], cfg: TrainConfig, split: str) -> Dataset | None:
+    """Datasets from ``data.train`` / ``data.val`` specs (each ``{kind = ..., ...}``), concatenated.
+
+    ``repeat = k`` in a spec repeats that source k times (a simple mixing weight).
+    """
+    if not specs:
+        return None
+    from trainer.data import build_dataset as build_one  # the data package owns the kinds
+
+    parts: list[Dataset] = []
+    for spec in specs:
+        opts = dict(spec)
+        repeat = int(opts.pop("repeat", 1))
+        # The task picks the view: classifier / discriminator samples skip two-foreground composition.
+        ds = build_one(opts, classes=tuple(cfg.data.classes) or None, size=cfg.data.crop_size, split=split,
+                       seed=cfg.run.seed, view=cfg.task)
+        parts.extend([ds] * repeat)
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+# --------------------------------------------------------------------------- optimiser and schedule
+
+
+def lr_factor(sc: ScheduleConfig, base_lr: float) -> Callable[[int], float]:
+    """Multiplier of the base LR at a step: linear warm-up, then the policy, floored at ``min_lr``."""
+
+    def factor(step: int) -> float:
+        if sc.warmup_steps and step < sc.warmup_steps:
+            return (step + 1) / sc.warmup_steps
+        t = min(step - sc.warmup_steps, max(sc.steps - sc.warmup_steps, 1))
+        span = max(sc.steps - sc.warmup_steps, 1)
+        if sc.policy == "constant":
+            f = 1.0
+        elif sc.policy == "step":
+            f = sc.decay_factor ** (t // sc.decay_every)
+        elif sc.policy == "cosine":
+            f = 0.5 * (1.0 + math.cos(math.pi * t / span))
+        else:  # poly
+            f = (1.0 - t / span) ** sc.power
+        return max(f, sc.min_lr / base_lr if base_lr > 0 else 0.0)
+
+    return factor
+
+
+def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    oc = cfg.optim
+    param_groups = [{"params": g["params"], "lr": oc.lr * g.get("lr_mult", 1.0)} for g in groups if g["params"]]
+    if oc.name == "adam":
+        return torch.optim.Adam(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+    if oc.name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
+                                 weight_decay=oc.weight_decay)
+    if oc.name == "radam":
+        return torch.optim.RAdam(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
+                                 weight_decay=oc.weight_decay)
+    return torch.optim.SGD(param_groups, lr=oc.lr, momentum=oc.betas[0], weight_decay=oc.weight_decay)
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class ScalarLog:
+    """CSV (always) and TensorBoard (when installed and enabled) scalars; rank 0 only."""
+
+    def __init__(self, run_dir: Path, name: str, tensorboard: bool) -> None:
+        self.path = run_dir / f"{name}.csv"
+        self.name = name
+        self.fields: list[str] | None = None
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f), None)
+            self.fields = header or None
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tb"))
+            except ImportError:  # tensorboard is an optional dependency
+                log.info("tensorboard not installed; scalars go to %s only", self.path)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        row = {"step": step, **values}
+        if self.fields is None:
+            self.fields = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{self.name}/{k}", v, step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step`` (a resumed run re-logs them)."""
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        keep = rows[:1] + [r for r in rows[1:] if r and int(float(r[0])) <= step]
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerows(keep)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+class Trainer:
+    """Args:
+        cfg: resolved ``TrainConfig``.
+        resume: continue from ``<run_dir>/checkpoints/last`` when it exists.
+        train_dataset, val_dataset: override the datasets built from ``cfg.data`` (tests, custom runs).
+    """
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
+                 val_dataset: Dataset | None = None) -> None:
+        self.cfg = cfg
+        self.rank, self.world, local_rank = dist_env()
+        self.device = resolve_device(cfg.run.device, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.distributed = init_distributed(self.device.type)
+        self.is_main = self.rank == 0
+        self.run_dir = cfg.run_dir
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        set_deterministic(cfg.run.deterministic)
+        seed_everything(cfg.run.seed + self.rank)
+        self.amp_dtype = AMP_DTYPES[cfg.run.precision]
+        if cfg.run.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("run.precision = 'fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
+
+        self.task: Task = build_task(cfg, self.device)
+        model = self.task.model.to(self.device)
+        if self.distributed and self.device.type == "cuda" and cfg.model.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            self.task.model = model
+        self.model: nn.Module = model
+        if self.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.find_unused_parameters)
+        self.optimizer = build_optimizer(cfg, self.task.param_groups())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.schedule, cfg.optim.lr))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.precision == "fp16")
+
+        self.step = 0
+        self.nonfinite = 0
+        snapshot = None
+        if resume:
+            path = find_last(self.run_dir)
+            if path is None:
+                log.warning("--resume: no snapshot in %s, starting from scratch", self.run_dir)
+            else:
+                snapshot = load_snapshot(path)
+                self._restore(snapshot)
+                log.info("resumed from %s at step %d", path, self.step)
+
+        self.train_dataset = train_dataset if train_dataset is not None else build_dataset(cfg.data.train, cfg, "train")
+        if self.train_dataset is None:
+            raise ValueError("no training data: set data.train")
+        self.val_dataset = val_dataset if val_dataset is not None else build_dataset(cfg.data.val, cfg, "val")
+        prepare_dataset(self.train_dataset)
+        self.loader = self._loader(start=self.step * cfg.data.batch_size)
+
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.json")
+        self.train_log = ScalarLog(self.run_dir, "train", cfg.run.tensorboard) if self.is_main else None
+        self.eval_log = ScalarLog(self.run_dir, "eval", cfg.run.tensorboard) if self.is_main else None
+        if snapshot is not None and self.is_main:
+            for lg in (self.train_log, self.eval_log):
+                lg.truncate_after(self.step)
+        self.history: list[dict[str, float]] = []
+        if snapshot is not None:
+            # Last, so nothing above (dataset construction, loader) can move the restored RNG streams.
+            rngs = snapshot["rng"]
+            set_rng_state(rngs[self.rank] if self.rank < len(rngs) else rngs[0])
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _loader(self, start: int) -> DataLoader:
+        dc = self.cfg.data
+        sampler = ResumableSampler(len(self.train_dataset), seed=self.cfg.run.seed, rank=self.rank,
+                                   world=self.world, start=start)
+        workers = dc.num_workers
+        return DataLoader(
+            SeededDataset(self.train_dataset), batch_size=dc.batch_size, sampler=sampler, num_workers=workers,
+            collate_fn=self.task.collate, pin_memory=dc.pin_memory and self.device.type == "cuda",
+            drop_last=True, persistent_workers=workers > 0, prefetch_factor=dc.prefetch_factor if workers else None,
+            worker_init_fn=_worker_init if workers else None,
+            multiprocessing_context=dc.worker_start if workers else None,
+            # A private generator: creating the loader must not advance the global torch RNG.
+            generator=torch.Generator().manual_seed(self.cfg.run.seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = rng_state()
+        if self.distributed:
+            gathered: list[Any] = [None] * self.world
+            dist.all_gather_object(gathered, rng)
+            rngs = gathered
+        else:
+            rngs = [rng]
+        return {"models": {self.task.name: unwrap(self.model).state_dict()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": rngs, "nonfinite": self.nonfinite,
+                "data": {"position": self.step * self.cfg.data.batch_size, "world": self.world,
+                         "batch_size": self.cfg.data.batch_size},
+                "config": self.cfg.to_dict(), "task": self.task.name}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        if snap.get("task") != self.task.name:
+            raise ValueError(f"snapshot is for task {snap.get('task')!r}, this run trains {self.task.name!r}")
+        data = snap["data"]
+        if data["world"] != self.world or data["batch_size"] != self.cfg.data.batch_size:
+            log.warning("resuming with world %d × batch %d (snapshot: %d × %d): data order changes",
+                        self.world, self.cfg.data.batch_size, data["world"], data["batch_size"])
+        unwrap(self.model).load_state_dict(snap["models"][self.task.name])
+        self.optimizer.load_state_dict(snap["optimizer"])
+        self.scheduler.load_state_dict(snap["scheduler"])
+        self.scaler.load_state_dict(snap["scaler"])
+        self.step = int(snap["step"])
+        self.nonfinite = int(snap.get("nonfinite", 0))
+
+    def save(self) -> Path | None:
+        state = self.state_dict()  # collective under DDP: every rank calls it
+        if not self.is_main:
+            return None
+        return save_snapshot(self.run_dir, self.step, state, keep=self.cfg.run.keep_ckpts)
+
+    # ------------------------------------------------------------------ the step
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        ok = torch.isfinite(loss.detach()).float()
+        if self.distributed:  # every rank must skip together, or DDP's gradient buckets deadlock
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item() > 0)
+
+    def run_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """One optimisation step; returns the loss terms, or None when the step was skipped (non-finite)."""
+        self.model.train()
+        batch = to_device(batch, self.device)
+        with self._autocast():
+            terms = self.task.step(self.model, batch)
+        loss = terms["total"]
+        if not self._all_finite(loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nonfinite += 1
+            log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", self.step + 1,
+                        float(loss.detach()), self.nonfinite)
+            if self.nonfinite >= self.cfg.run.max_nonfinite:
+                raise FloatingPointError(f"{self.nonfinite} consecutive non-finite losses; lower optim.lr or "
+                                         "use run.precision=bf16/fp32")
+            return None
+        self.nonfinite = 0
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return terms
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self) -> dict[str, float] | None:
+        """Rank 0 evaluates on up to ``data.val_limit`` validation samples; the others wait."""
+        result = None
+        if self.is_main and self.val_dataset is not None and len(self.val_dataset) > 0:  # type: ignore[arg-type]
+            n = len(self.val_dataset)  # type: ignore[arg-type]
+            limit = self.cfg.data.val_limit or n
+            samples = (self.val_dataset[i] for i in range(min(n, limit)))
+            t0 = time.perf_counter()
+            rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+            result = self.task.evaluate(samples)
+            random.setstate(rng[0]), np.random.set_state(rng[1]), torch.set_rng_state(rng[2])
+            result["eval_s"] = time.perf_counter() - t0
+            assert self.eval_log is not None
+            self.eval_log.write(self.step, result)
+            log.info("eval @ %d: %s", self.step, {k: round(v, 4) for k, v in result.items()})
+        if self.distributed:
+            dist.barrier()
+        return result
+
+    # ------------------------------------------------------------------ the loop
+
+    def _reduce_mean(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+        keys = sorted(sums)
+        if not keys:  # every step since the last log was skipped
+            return {}
+        vec = torch.stack([sums[k].detach().float() for k in keys]) / max(count, 1)
+        if self.distributed:
+            dist.all_reduce(vec)
+            vec /= self.world
+        return dict(zip(keys, vec.tolist()))
+
+    def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
+        """Run until ``schedule.steps`` (or ``stop_after`` steps, for an interrupted run that a later
+        ``--resume`` continues). Returns the logged training rows."""
+        cfg = self.cfg
+        end = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
+        bar = None
+        if self.is_main and cfg.run.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.schedule.steps, initial=self.step, desc=f"train {self.task.name}", dynamic_ncols=True)
+        it = iter(self.loader)
+        sums: dict[str, torch.Tensor] = {}
+        count, t_last, skipped, data_wait = 0, time.perf_counter(), 0, 0.0
+        try:
+            while self.step < end:
+                t0 = time.perf_counter()
+                batch = next(it)
+                data_wait += time.perf_counter() - t0  # > 0 means the loader is the bottleneck
+                terms = self.run_step(batch)
+                self.step += 1
+                self.scheduler.step()
+                if terms is None:
+                    skipped += 1
+                else:
+                    for k, v in terms.items():
+                        v = v.detach().float()
+                        sums[k] = sums[k] + v if k in sums else v
+                    count += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % cfg.run.log_every == 0 or self.step == end:
+                    row = self._reduce_mean(sums, count)
+                    dt = time.perf_counter() - t_last
+                    steps_done = count + skipped
+                    row.update(lr=self.optimizer.param_groups[-1]["lr"], skipped=float(skipped),
+                               samples_per_s=steps_done * cfg.data.batch_size * self.world / max(dt, 1e-9),
+                               step_s=dt / max(steps_done, 1), data_wait_frac=data_wait / max(dt, 1e-9))
+                    if self.is_main:
+                        assert self.train_log is not None
+                        self.train_log.write(self.step, row)
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{row.get('total', float('nan')):.4f}", lr=f"{row['lr']:.2e}")
+                    self.history.append({"step": float(self.step), **row})
+                    sums, count, skipped, data_wait, t_last = {}, 0, 0, 0.0, time.perf_counter()
+                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < cfg.schedule.steps:
+                    self.evaluate()
+                if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == end:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.step >= cfg.schedule.steps:
+            self.evaluate()
+            if self.is_main:
+                self.export()
+        for lg in (self.train_log, self.eval_log):
+            if lg is not None:
+                lg.close()
+        return self.history
+
+    def export(self, path: Path | None = None) -> Path:
+        """The trained network in the backend weights format (``<run_dir>/<task>.pt``)."""
+        path = path or self.run_dir / f"{self.task.name}.pt"
+        return self.task.export(path, {"trained_steps": self.step, "run": str(self.run_dir)})
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, **kwargs: Any) -> Trainer:
+    """Build a Trainer, train, tear down the process group; returns the trainer (history, run_dir)."""
+    trainer = Trainer(cfg, resume=resume, **kwargs)
+    try:
+        trainer.train()
+    finally:
+        if trainer.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+    return trainer
