@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backend.models.layers import WSConv2d
+from backend.models.layers import WSConv2d, upsample2x
 from backend.models.resnet import BasicBlock, Bottleneck, ResNet
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,48 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
     if fold_bn:
         n = fold_batchnorm(out)
         log.debug("folded %d conv-BN pairs in %s", n, type(model).__name__)
+    for m in out.modules():
+        # Every activation here follows a conv whose output nothing else reads: in place saves one full
+        # tensor per stage (the full-resolution heads' LeakyReLUs are the widest).
+        if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+            m.inplace = True
     if channels_last:
         out = out.to(memory_format=torch.channels_last)
+    return out
+
+
+def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Tensor, trimap2: torch.Tensor,
+                          trimap_gauss: torch.Tensor, smap: torch.Tensor, *, aux: bool = False) -> dict[str, torch.Tensor]:
+    """``SIMNet.forward`` (eval) with every intermediate released as soon as its last reader ran.
+
+    The module forward keeps the whole feature pyramid (incl. layer2/layer3, which the decoder never reads,
+    and layer4 after the ASPP) alive until the full-resolution heads: ~0.2 GiB/MP in bf16. Same operations
+    in the same order, so the result is bitwise identical (``tests/backend/test_accel.py`` pins this
+    against the model's own forward, which stays the one definition).
+    """
+    if image.shape[-2] % 8 or image.shape[-1] % 8:
+        raise ValueError(f"SIMNet needs H and W multiples of 8, got {tuple(image.shape[-2:])}; pad first")
+    enc, dec = net.encoder, net.decoder
+    x = torch.cat([image_n, trimap_gauss, trimap2], dim=1)
+    stem = enc.stem(x, enc.conv1_side(smap))
+    del x
+    l1 = enc.layer1(enc.maxpool(stem))
+    l4 = enc.layer4(enc.layer3(enc.layer2(l1)))
+    x = torch.cat([l4, dec.global_module(l4)], dim=1)
+    del l4
+    x = upsample2x(dec.conv_up1(x))
+    x = upsample2x(dec.conv_up2(torch.cat([x, l1], dim=1)))
+    del l1
+    x = upsample2x(dec.conv_up3(torch.cat([x, stem], dim=1)))
+    del stem
+    y = torch.cat([x, image_n, image, trimap2], dim=1)
+    if not aux:
+        del x
+    out = {"alpha": torch.clamp(dec.conv_up4_alpha(y), 0.0, 1.0)}
+    if aux:
+        fb = torch.sigmoid(dec.conv_up4_fb(y))
+        out["fg"], out["bg"] = fb[:, :3], fb[:, 3:]
+        out["lambdas"] = torch.sigmoid(dec.conv_up4_attn(x))
     return out
 
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from backend import processing
-from backend.accel import CudaGraphRunner, inference_copy, maybe_compile
+from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import TRIMAP_UNKNOWN
@@ -30,10 +30,13 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes.
-# CPU: VmHWM growth of a fresh process, optimised copies, 256–1024² (bench/PERFORMANCE.md): sim_lite 0.41–0.51,
-# sim_r50 0.31–0.42. CUDA: from bench/bench_gpu.py's calibration table (placeholder until measured).
-ACTIVATION_CALIBRATION = {"cpu": 0.45, "cuda": 0.5}
+# Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
+# the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
+# CPU: VmHWM growth of a fresh process, 256–1024² (bench/PERFORMANCE.md): lean sim_lite 0.26–0.43, sim_r50
+# 0.22–0.29; plain sim_lite 0.41–0.51, sim_r50 0.31–0.42. CUDA: placeholders until bench/bench_gpu.py's
+# calibration table ("implied factor": fast-bf16 rows = lean, fp32-eager rows = plain) is in.
+ACTIVATION_CALIBRATION = {"cpu": 0.3, "cuda": 0.3}
+ACTIVATION_CALIBRATION_PLAIN = {"cpu": 0.45, "cuda": 0.4}
 # Classifier activation elements per window pixel at its peak: analytic (ResNet-50: 64 ch at 1/4 res + 2–3
 # layer1 tensors of 256 ch at 1/16 ≈ 40); checked only through the whole-pipeline rows of bench_gpu.py.
 CLASSIFIER_FLOATS_PER_PX = 40.0
@@ -194,8 +197,15 @@ class MattingPredictor:
         def run(image: torch.Tensor, image_n: torch.Tensor, trimap2: torch.Tensor, gauss: torch.Tensor,
                 smap: torch.Tensor) -> dict[str, torch.Tensor]:
             with self._graph_autocast():
-                return net(image, image_n, trimap2, gauss, smap, aux=aux)
+                return self._call_net(net, (image, image_n, trimap2, gauss, smap), aux)
         return run
+
+    def _call_net(self, net: nn.Module, args: tuple[torch.Tensor, ...], aux: bool) -> dict[str, torch.Tensor]:
+        # The lean forward frees the feature pyramid early (same ops, same result); a compiled module keeps
+        # its own forward, and plain (optimize=False) runs stay exactly the model's code.
+        if self.optimize and not self.compile:
+            return sim_inference_forward(net, *args, aux=aux)
+        return net(*args, aux=aux)
 
     # ------------------------------------------------------------------ construction
 
@@ -262,8 +272,12 @@ class MattingPredictor:
         The analytic count times a measured factor (``ACTIVATION_CALIBRATION``, see bench/PERFORMANCE.md):
         allocators reuse buffers, so the true peak is about half of the count of live tensors.
         """
-        k = ACTIVATION_CALIBRATION.get(self.device.type, 0.5)
-        return self._activation_floats_per_px() * h * w * self._act_bytes() * k / 2**30
+        return self._activation_floats_per_px() * h * w * self._act_bytes() * self._act_factor() / 2**30
+
+    def _act_factor(self) -> float:
+        lean = self.optimize and not self.compile
+        table = ACTIVATION_CALIBRATION if lean else ACTIVATION_CALIBRATION_PLAIN
+        return table.get(self.device.type, 0.5)
 
     def estimate_peak_gb(self, h: int, w: int, tile: int | None = None) -> float:
         """Predicted peak device memory (GiB) of a whole ``predict`` on a padded h×w image, before running it:
@@ -288,8 +302,7 @@ class MattingPredictor:
             semantic = smap
         side = self._pick_tile(h, w, tile)
         tile_px = px if side <= 0 else min(px, side * side)
-        matting = smap + tile_px * (self._activation_floats_per_px() * self._act_bytes()
-                                    * ACTIVATION_CALIBRATION.get(self.device.type, 0.5))
+        matting = smap + tile_px * self._activation_floats_per_px() * self._act_bytes() * self._act_factor()
         if side > 0 and tile_px < px:
             matting += px * 8  # alpha accumulator and blend weights
         return (weights + inputs + max(pre, semantic, matting)) / 2**30
@@ -431,7 +444,7 @@ class MattingPredictor:
                 self.refresh()
                 net, _ = self._networks()
         with self._autocast():
-            out = net(*args, aux=aux)
+            out = self._call_net(net, args, aux)
         return {k: v.float() for k, v in out.items()}
 
     def _run_matting(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor, tile: int,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from backend import processing as P
-from backend.accel import fold_batchnorm, inference_copy
+from backend.accel import fold_batchnorm, inference_copy, sim_inference_forward
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from tests.conftest import make_example
@@ -183,15 +183,40 @@ def test_memory_estimate_within_2x_of_measured_rss() -> None:
         "def st(k):\n"
         "    return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines()"
         " if l.startswith(k)) / 2**20\n"
+        "from backend.processing import NetworkInputs\n"
         "p = MattingPredictor(build_model('sim_lite'), device='cpu')\n"
         "net, _ = p._networks()\n"
         "s = 512\n"
-        "a = (torch.rand(1,3,s,s), torch.randn(1,3,s,s), torch.rand(1,2,s,s), torch.rand(1,6,s,s), torch.rand(1,20,s,s))\n"
+        "x = NetworkInputs(torch.rand(1,3,s,s), torch.randn(1,3,s,s), torch.rand(1,2,s,s), torch.rand(1,6,s,s),"
+        " torch.zeros(1,1,s,s))\n"
+        "smap = torch.rand(1,20,s,s)\n"
         "base = st('VmRSS'); Path('/proc/self/clear_refs').write_text('5')\n"
-        "with torch.no_grad(): net(*a, aux=False)\n"
+        "with torch.no_grad(): p._forward(net, x, smap, False)\n"
         "print(json.dumps([st('VmHWM') - base, p.estimate_memory_gb(s, s)]))\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     measured, estimate = (float(v) for v in out.stdout.strip().splitlines()[-1].strip("[]").split(","))
     assert measured / 2 <= estimate <= measured * 2, (measured, estimate)
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_lean_forward_is_bitwise_the_model_forward(aux: bool) -> None:
+    """The predictor's memory-lean forward must stay the same function as SIMNet.forward (drift guard)."""
+    torch.manual_seed(0)
+    model = build_model("sim_tiny")
+    _randomise_bn(model, 5)
+    model.eval()
+    args = _sim_args()
+    with torch.no_grad():
+        ref = model(*args, aux=aux)
+        got = sim_inference_forward(model, *args, aux=aux)
+        fast = inference_copy(model, channels_last=True)
+        ref_fast = fast(*args, aux=aux)
+        got_fast = sim_inference_forward(fast, *args, aux=aux)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(ref[k], got[k]), k
+        torch.testing.assert_close(got_fast[k], ref_fast[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        sim_inference_forward(model, *(a[..., :60, :90] for a in args))
