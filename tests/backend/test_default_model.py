@@ -1,0 +1,56 @@
+"""The shipped default model: found without arguments, runs the bundled example, tiles without seams."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from backend import imageio
+from backend.cli import main
+from backend.models.weights import find_default
+from backend.predictor import MattingPredictor
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "backend" / "examples"
+
+
+@pytest.fixture(scope="module")
+def predictor() -> MattingPredictor:
+    if find_default("matting") is None:
+        pytest.skip("no default weights shipped")
+    return MattingPredictor.from_pretrained(device="cpu")
+
+
+def test_default_weights_are_found(predictor: MattingPredictor) -> None:
+    info = predictor.info()
+    assert info["model"] == "sim_lite" and info["classifier_arch"] == "classifier_lite"
+    assert info["foreground"] == "head" and len(info["classes"]) == 20
+
+
+def test_bundled_example_through_cli(tmp_path: Path, predictor: MattingPredictor) -> None:
+    out, cut = tmp_path / "alpha.png", tmp_path / "cut.png"
+    rc = main(["matte", str(EXAMPLES / "lemur.png"), str(EXAMPLES / "lemur_trimap.png"), "-o", str(out),
+               "--cutout", str(cut), "--device", "cpu"])
+    assert rc == 0
+    alpha = imageio.read_alpha(out)
+    trimap = imageio.read_trimap(EXAMPLES / "lemur_trimap.png")
+    unknown = trimap == 128
+    # A real matte: soft values in the unknown band, both fur-like partial and near-opaque pixels.
+    assert 0.1 < alpha[unknown].mean() < 0.9
+    assert ((alpha[unknown] > 0.05) & (alpha[unknown] < 0.95)).mean() > 0.2
+
+
+@pytest.mark.slow
+def test_tiled_equals_untiled_on_2k_image(predictor: MattingPredictor) -> None:
+    image = imageio.read_image(EXAMPLES / "lemur.png")
+    trimap = imageio.read_trimap(EXAMPLES / "lemur_trimap.png")
+    scale = 2048 / max(trimap.shape)
+    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    trimap = cv2.resize(trimap, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    full = predictor.predict(image, trimap, tile=0).alpha
+    tiled = predictor.predict(image, trimap, tile=1024)
+    assert tiled.tiles > 1
+    diff = np.abs(full - tiled.alpha)[trimap == 128]
+    assert diff.mean() <= 1 / 255
