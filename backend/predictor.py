@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from backend import processing
-from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward
+from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import TRIMAP_UNKNOWN
@@ -29,6 +29,7 @@ from backend.semantic_trimap import (WINDOW_SIZES, class_shares, default_batch_p
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
+STRIDE8 = 8  # output stride of the matting encoder (layer4 features at 1/8 resolution)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
 # the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
@@ -108,6 +109,9 @@ class MattingPredictor:
         gpu_preprocess: normalise, encode the trimap (exact distance transform) and finalise alpha on
             the device; None = on for CUDA devices (on CPU, OpenCV's distance transform is faster).
         classifier_batch: classifier windows per batch; None = by device (see semantic_trimap).
+        tile_context: "image" (default) — tiles share the whole image's ASPP pooling context (one extra
+            encoder pass per tile, no tile-wise offsets); "tile" — each tile pools its own (the cheaper,
+            seam-prone way). Needs ``optimize`` (the lean forward).
         channels_last: with ``optimize``, run the copies and the classifier windows channels-last (NHWC).
         cuda_graphs: on CUDA, capture the matting net and the classifier batches as CUDA graphs per input
             shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
@@ -121,7 +125,7 @@ class MattingPredictor:
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, tile_context: str = "image") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -149,6 +153,9 @@ class MattingPredictor:
         self.classifier_batch = classifier_batch
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize
+        if tile_context not in ("image", "tile"):
+            raise ValueError(f"tile_context must be 'image' or 'tile', got {tile_context!r}")
+        self.tile_context = tile_context
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
         self._graphs: dict[str, CudaGraphRunner] = {}
         self._inplace = False  # True when this predictor alone holds the modules (from_pretrained)
@@ -431,8 +438,12 @@ class MattingPredictor:
         return self.classes.index(name)
 
     def _forward(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor,
-                 aux: bool) -> dict[str, torch.Tensor]:
+                 aux: bool, pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         args = (inputs.image, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, smap)
+        if pooled is not None:
+            with self._autocast():
+                out = sim_inference_forward(net, *args, aux=aux, pooled=pooled)
+            return {k: v.float() for k, v in out.items()}
         if self.cuda_graphs:
             try:
                 out = self._graph(f"matting-aux{int(aux)}", self._net_fn(net, aux))(*args)
@@ -462,8 +473,10 @@ class MattingPredictor:
         windows = [(0, t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0) for t in tiles]
         # Tiles without unknown pixels add nothing; one summed-area query instead of a sync per tile.
         todo = [t for t, keep in zip(tiles, window_has_unknown(unknown[None], windows)) if keep]
+        pooled = self._global_context(net, inputs, smap, tiles) if self.tile_context == "image" else None
         for i, t in enumerate(todo):
-            out = self._forward(net, inputs.crop(t.y0, t.y1, t.x0, t.x1), smap[..., t.y0:t.y1, t.x0:t.x1], aux)
+            out = self._forward(net, inputs.crop(t.y0, t.y1, t.x0, t.x1), smap[..., t.y0:t.y1, t.x0:t.x1], aux,
+                                pooled)
             wgt = self._upload(processing.blend_window(t.y1 - t.y0, t.x1 - t.x0, t, hp, wp, overlap))
             acc[..., t.y0:t.y1, t.x0:t.x1] += out["alpha"] * wgt
             if acc_fg is not None:
@@ -473,6 +486,28 @@ class MattingPredictor:
             report(0.25 + 0.7 * (i + 1) / len(todo), f"tile {i + 1}/{len(todo)}")
         weight = weight.clamp(min=1e-6)
         return acc / weight, (acc_fg / weight if acc_fg is not None else None), len(todo)
+
+    @torch.no_grad()
+    def _global_context(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor,
+                        tiles: list[processing.Tile]) -> torch.Tensor | None:
+        """Whole-image mean of the stride-8 features for the ASPP image-pooling branch, from an encoder
+        pass per tile summed over disjoint tile cores. Without it every tile pools its own mean, which
+        shifts each tile's output by a tile-wide offset (the seams of naive tiling)."""
+        if not self.optimize or self.compile:
+            return None  # the module's own forward has no hook for it
+        _, _, hp, wp = inputs.image.shape
+        total: torch.Tensor | None = None
+        for t, c in zip(tiles, processing.tile_cores(tiles, hp, wp)):
+            crop = inputs.crop(t.y0, t.y1, t.x0, t.x1)
+            with self._autocast():
+                l4 = sim_layer4(net, crop.image_n, crop.trimap2, crop.trimap_gauss, smap[..., t.y0:t.y1, t.x0:t.x1])
+            s = STRIDE8
+            part = l4[..., (c.y0 - t.y0) // s:(c.y1 - t.y0) // s, (c.x0 - t.x0) // s:(c.x1 - t.x0) // s]
+            part = part.float().sum(dim=(2, 3), keepdim=True)
+            total = part if total is None else total + part
+            del l4
+        assert total is not None
+        return total / ((hp // STRIDE8) * (wp // STRIDE8))
 
     def _foreground(self, image: np.ndarray, alpha: np.ndarray, head_fg: np.ndarray | None) -> np.ndarray:
         """Decontaminated foreground: the F head where trained, else multilevel foreground estimation."""

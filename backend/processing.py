@@ -351,6 +351,23 @@ def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[Tile]:
     return [Tile(y, min(y + tile, h), x, min(x + tile, w)) for y in starts(h) for x in starts(w)]
 
 
+def tile_cores(tiles: list[Tile], h: int, w: int) -> list[Tile]:
+    """A partition of H×W into one core per tile (overlaps split at their middle, on the 8-px grid), so
+    that per-tile sums over the cores add up to a whole-image sum."""
+    def cuts(spans: list[tuple[int, int]], n: int) -> dict[tuple[int, int], tuple[int, int]]:
+        spans = sorted(set(spans))
+        out = {}
+        for i, (a, b) in enumerate(spans):
+            lo = 0 if i == 0 else (spans[i - 1][1] + a) // 2 // STRIDE * STRIDE
+            hi = n if i == len(spans) - 1 else (b + spans[i + 1][0]) // 2 // STRIDE * STRIDE
+            out[(a, b)] = (lo, hi)
+        return out
+
+    ys = cuts([(t.y0, t.y1) for t in tiles], h)
+    xs = cuts([(t.x0, t.x1) for t in tiles], w)
+    return [Tile(*ys[(t.y0, t.y1)], *xs[(t.x0, t.x1)]) for t in tiles]
+
+
 def blend_window(th: int, tw: int, tile: Tile, h: int, w: int, overlap: int) -> np.ndarray:
     """th×tw float32 weights: linear ramps over ``overlap`` px on sides that border another tile."""
     def ramp(n: int, at_start: bool, at_end: bool) -> np.ndarray:

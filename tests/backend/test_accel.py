@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from backend import processing as P
-from backend.accel import fold_batchnorm, inference_copy, sim_inference_forward
+from backend.accel import aspp_forward, fold_batchnorm, inference_copy, sim_inference_forward, sim_layer4
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from tests.conftest import make_example
@@ -220,3 +220,35 @@ def test_lean_forward_is_bitwise_the_model_forward(aux: bool) -> None:
         torch.testing.assert_close(got_fast[k], ref_fast[k], rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="multiples of 8"):
         sim_inference_forward(model, *(a[..., :60, :90] for a in args))
+
+
+def test_tile_cores_partition_the_image() -> None:
+    for h, w, tile, ov in [(328, 408, 192, 64), (1032, 776, 512, 128), (200, 200, 256, 64)]:
+        tiles = P.tile_grid(h, w, tile, ov)
+        cover = np.zeros((h, w), np.int32)
+        for t, c in zip(tiles, P.tile_cores(tiles, h, w)):
+            assert t.y0 <= c.y0 < c.y1 <= t.y1 and t.x0 <= c.x0 < c.x1 <= t.x1
+            assert c.y0 % 8 == 0 and c.x0 % 8 == 0
+            cover[c.y0:c.y1, c.x0:c.x1] += 1
+        assert (cover == 1).all()
+
+
+def test_whole_image_context_for_tiles() -> None:
+    torch.manual_seed(0)
+    sim = build_model("sim_tiny")
+    _randomise_bn(sim, 6)
+    sim.eval()
+    aspp = sim.decoder.global_module
+    x = torch.randn(1, 32, 12, 17)
+    with torch.no_grad():
+        assert torch.equal(aspp(x), aspp_forward(aspp, x, x.mean((2, 3), keepdim=True)))
+    pred = MattingPredictor(sim, device="cpu")
+    net, _ = pred._networks()
+    args = _sim_args(328, 408)
+    inputs = P.NetworkInputs(*args[:4], torch.zeros(1, 1, 328, 408))
+    with torch.no_grad():
+        true = sim_layer4(net, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, args[4]).mean((2, 3), keepdim=True)
+        est = pred._global_context(net, inputs, args[4], P.tile_grid(328, 408, 192, 64))
+    assert est is not None and float((est - true).norm() / true.norm()) < 0.05
+    with pytest.raises(ValueError, match="tile_context"):
+        MattingPredictor(sim, device="cpu", tile_context="global")
