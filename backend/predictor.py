@@ -301,8 +301,7 @@ class MattingPredictor:
         smap = px * c * (2 if low else 4)
         pre = px * (4 * 3 + 4 * 6 + 4 * 6)  # transient: float image, float32 Gaussians, int32 EDT buffers
         if self.classifier is not None:
-            batch_px = (self.classifier_batch or 1) * 320 * 320 if self.classifier_batch else \
-                default_batch_pixels(self.device)
+            batch_px = self.classifier_batch * 320 * 320 if self.classifier_batch else default_batch_pixels(self.device)
             clf_act = batch_px * CLASSIFIER_FLOATS_PER_PX * self._act_bytes()
             semantic = px * (4 * c + 4 + 16 + 1) + clf_act + (smap if low else 0)
         else:
