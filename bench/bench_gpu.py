@@ -283,7 +283,13 @@ def main() -> None:
     configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16", "fast-bf16-nchw"]
     configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
     configs += ["fast-bf16+compile"] if args.compile else []
-    preds = {c: make_predictor(sim, clf, dev, c) for c in configs + ["fp32-strict"]}
+
+    def release() -> None:
+        # Each configuration gets a fresh predictor, dropped after use, so that a peak is that
+        # configuration's own: inference copies and CUDA-graph pools of earlier ones are freed.
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
     for size in sizes:
         image, trimap = example(size)
@@ -291,7 +297,8 @@ def main() -> None:
             report["edt"] = edt_check(dev, processing.pad_reflect(trimap, *processing.official_padding(size, size)))
             log(f"EDT check: {report['edt']}")
         set_mode("fp32-strict")
-        ref = preds["fp32-strict"].predict(image, trimap).alpha
+        ref = make_predictor(sim, clf, dev, "fp32-strict").predict(image, trimap).alpha
+        release()
         soft = float(((ref > 0) & (ref < 1))[trimap == 128].mean() * 100)
         rows: dict[str, Any] = {}
         for cfg in configs:
@@ -301,12 +308,14 @@ def main() -> None:
             set_mode(cfg)
             base_rep = 5 if size >= 2048 and cfg == "fp32-eager" else repeats
             try:
-                r = time_config(preds[cfg], image, trimap, warmup=warmup if cfg != "fp32-eager" else 1,
-                                repeats=base_rep, max_s=20.0)
+                r = time_config(make_predictor(sim, clf, dev, cfg), image, trimap,
+                                warmup=warmup if cfg != "fp32-eager" else 1, repeats=base_rep, max_s=20.0)
             except Exception as exc:  # noqa: BLE001 — report and carry on with the other configurations
                 log(f"{cfg} at {size} failed: {exc!r}")
                 rows[cfg] = {"error": repr(exc)}
+                release()
                 continue
+            release()
             r["diff_max"], r["diff_mean"] = alpha_diff(r.pop("alpha"), ref, trimap)
             r["gib_per_mp"] = r["peak_gib"] / (size * size / 1e6)
             r["act_gib_per_mp"] = (r["peak_gib"] - r["resident_gib"]) / (size * size / 1e6)
@@ -320,20 +329,17 @@ def main() -> None:
     set_mode("fast-bf16")
     s_seam = max(sizes)
     image, trimap = example(s_seam)
-    full = preds["fast-bf16"].predict(image, trimap, tile=0).alpha
-    tiled_res = preds["fast-bf16"].predict(image, trimap, tile=max(256, s_seam // 2))
-    preds["fast-bf16"].tile_context = "tile"  # naive tiling: each tile pools its own ASPP context
-    naive = preds["fast-bf16"].predict(image, trimap, tile=max(256, s_seam // 2))
-    preds["fast-bf16"].tile_context = "image"
+    seam_pred = make_predictor(sim, clf, dev, "fast-bf16")
+    full = seam_pred.predict(image, trimap, tile=0).alpha
+    tiled_res = seam_pred.predict(image, trimap, tile=max(256, s_seam // 2))
+    seam_pred.tile_context = "tile"  # naive tiling: each tile pools its own ASPP context
+    naive = seam_pred.predict(image, trimap, tile=max(256, s_seam // 2))
+    del seam_pred
     report["seam"] = {"size": s_seam, "tile": max(256, s_seam // 2), "tiles": tiled_res.tiles,
                       "diff": alpha_diff(tiled_res.alpha, full, trimap), "diff_naive": alpha_diff(naive.alpha, full, trimap)}
     log(f"seam check: {report['seam']}")
 
-    # Free every predictor (inference copies, CUDA-graph pools) so that the peaks below are their own.
-    preds.clear()
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
+    release()
 
     if big and time.perf_counter() - T_START < args.budget_s:
         torch.backends.cudnn.benchmark = False  # a single run: autotuning every new batch shape would dominate
