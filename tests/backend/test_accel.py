@@ -252,3 +252,29 @@ def test_whole_image_context_for_tiles() -> None:
     assert est is not None and float((est - true).norm() / true.norm()) < 0.05
     with pytest.raises(ValueError, match="tile_context"):
         MattingPredictor(sim, device="cpu", tile_context="global")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_edt_triton_equals_opencv(rng: np.random.Generator) -> None:
+    for m in _random_masks(rng, 8):
+        _assert_edt_matches_opencv(m, P.edt_sq(torch.from_numpy(m).cuda(), method="triton").cpu().numpy())
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_fast_paths_match_eager() -> None:
+    torch.manual_seed(0)
+    sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
+    _randomise_bn(sim, 3)
+    _randomise_bn(clf, 4)
+    image, trimap, _ = make_example(136, 200)
+    ref = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap).alpha
+    for kw in ({}, {"cuda_graphs": True}, {"gpu_preprocess": False}, {"channels_last": False}):
+        pred = MattingPredictor(sim, clf, device="cuda", **kw)
+        for _ in range(2):  # the second call replays the captured graphs
+            got = pred.predict(image, trimap).alpha
+            assert np.abs(got - ref).max() < 1e-3, kw
