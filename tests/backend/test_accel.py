@@ -277,4 +277,4 @@ def test_gpu_fast_paths_match_eager() -> None:
         pred = MattingPredictor(sim, clf, device="cuda", **kw)
         for _ in range(2):  # the second call replays the captured graphs
             got = pred.predict(image, trimap).alpha
-            assert np.abs(got - ref).max() < 1e-3, kw
+            assert np.abs(got - ref).max() < 1e-2, kw  # TF32 convolutions on the GPU
