@@ -141,7 +141,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from backend import evaluation
 
     predictor = _make_predictor(args)
+    if args.no_semantic:
+        predictor.classifier = None  # ablation: an all-zero semantic trimap
+        predictor.refresh()
     samples = evaluation.find_samples(args.dataset, trimap_set=args.trimap_set)
+    if args.held_out:
+        samples = [s for s in samples if s.name in evaluation.ALPHAMATTING_HELD_OUT]
     if args.limit:
         samples = samples[: args.limit]
     if not samples:
@@ -223,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trimap-set", default="trimap1", help="alphamatting layout: trimap1 or trimap2")
     p.add_argument("--report", type=Path, help="write a markdown + PNG report to this directory")
     p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--held-out", action="store_true",
+                   help="alphamatting layout: only the project's 9 held-out images (GT02, GT05, ... GT26)")
+    p.add_argument("--no-semantic", action="store_true", help="ablation: run without the semantic trimap")
     _add_model_options(p)
     p.set_defaults(func=cmd_eval)
 

@@ -64,6 +64,11 @@ class DatasetError(InputError):
     """A dataset folder whose layout is not recognised or whose files do not pair up."""
 
 
+# alphamatting.com training set GT01..GT27: every third image is held out for evaluation and must never be
+# used for training, model selection or tuning (the project's fixed split; the trainer enforces it).
+ALPHAMATTING_NAMES: tuple[str, ...] = tuple(f"GT{i:02d}" for i in range(1, 28))
+ALPHAMATTING_HELD_OUT: tuple[str, ...] = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
+
 @dataclass(frozen=True)
 class Sample:
     """One evaluation item. ``alpha_path`` is None only for sets without ground truth."""

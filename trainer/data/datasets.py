@@ -54,6 +54,7 @@ import torch
 from torch.utils.data import Dataset
 
 from backend.classes import SIMD_CLASSES
+from backend.evaluation import ALPHAMATTING_HELD_OUT, ALPHAMATTING_NAMES  # the fixed split: one definition
 from trainer.data.backgrounds import BackgroundSource, list_images, read_rgb
 from trainer.data.synthetic import STREAM_TEST, STREAM_TRAIN, class_index, generate_indexed
 from trainer.data.transforms import Compose, Sample, matting_pipeline
@@ -82,20 +83,6 @@ __all__ = [
 SAMPLE_KEYS: tuple[str, ...] = ("image", "fg", "bg", "alpha", "trimap", "class_id")
 VIEWS: tuple[str, ...] = ("matting", "classifier", "discriminator")
 
-# alphamatting.com training set: GT01..GT27. Every third image is held out for evaluation and must never be
-# trained on (the project's fixed split; see training-notes.md).
-ALPHAMATTING_NAMES: tuple[str, ...] = tuple(f"GT{i:02d}" for i in range(1, 28))
-ALPHAMATTING_HELD_OUT: tuple[str, ...] = (
-    "GT02",
-    "GT05",
-    "GT08",
-    "GT11",
-    "GT14",
-    "GT17",
-    "GT20",
-    "GT23",
-    "GT26",
-)
 ALPHAMATTING_TRAIN: tuple[str, ...] = tuple(n for n in ALPHAMATTING_NAMES if n not in ALPHAMATTING_HELD_OUT)
 
 # Shared real data (``$SEMANTIC_MATTE_DATA`` overrides); everything degrades gracefully when it is absent.
