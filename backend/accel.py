@@ -201,15 +201,41 @@ def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Te
     return out
 
 
+class _CompiledOrEager(nn.Module):
+    """A compiled module that falls back to its eager original for good if compilation fails at the first
+    call (``torch.compile`` is lazy: a missing C++ toolchain on a CPU host only shows up there)."""
+
+    def __init__(self, eager: nn.Module, compiled: nn.Module) -> None:
+        super().__init__()
+        self.eager = eager
+        self.compiled = compiled
+        self.failed = False
+
+    @property
+    def fc(self) -> nn.Module:  # the classifier's class count and CAM weights are read from here
+        return self.eager.fc
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 — compile is an optional accelerator
+                log.warning("torch.compile failed (%s); running eager from now on", exc)
+                self.failed = True
+        return self.eager(*args, **kwargs)
+
+
 def maybe_compile(model: nn.Module, enabled: bool, *, mode: str | None = None) -> nn.Module:
-    """``torch.compile`` when asked and available; any failure to set it up falls back to eager."""
+    """``torch.compile`` when asked and available; any failure, at setup or at the first call, falls back
+    to eager."""
     if not enabled:
         return model
     try:
-        return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[return-value]
+        compiled = torch.compile(model, mode=mode, dynamic=False)
     except Exception as exc:  # noqa: BLE001 — compile is an optional accelerator, never a hard dependency
         log.warning("torch.compile unavailable (%s); running eager", exc)
         return model
+    return _CompiledOrEager(model, compiled)  # type: ignore[arg-type]
 
 
 class CudaGraphRunner:

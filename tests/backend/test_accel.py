@@ -278,3 +278,19 @@ def test_gpu_fast_paths_match_eager() -> None:
         for _ in range(2):  # the second call replays the captured graphs
             got = pred.predict(image, trimap).alpha
             assert np.abs(got - ref).max() < 1e-2, kw  # TF32 convolutions on the GPU
+
+
+def test_compile_failure_falls_back_to_eager() -> None:
+    from backend.accel import _CompiledOrEager
+
+    class Broken(torch.nn.Module):
+        def forward(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("no C++ compiler")
+
+    clf = build_model("classifier_tiny").eval()
+    wrapped = _CompiledOrEager(clf, Broken())
+    x = torch.randn(1, 4, 64, 64)
+    with torch.no_grad():
+        got = wrapped(x)
+        assert wrapped.failed and torch.equal(got[1], clf(x)[1])
+    assert wrapped.fc is clf.fc
