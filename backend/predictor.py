@@ -34,10 +34,15 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
 # the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
 # CPU: VmHWM growth of a fresh process, 256–1024² (bench/PERFORMANCE.md): lean sim_lite 0.26–0.43, sim_r50
-# 0.22–0.29; plain sim_lite 0.41–0.51, sim_r50 0.31–0.42. CUDA: placeholders until bench/bench_gpu.py's
-# calibration table ("implied factor": fast-bf16 rows = lean, fp32-eager rows = plain) is in.
-ACTIVATION_CALIBRATION = {"cpu": 0.3, "cuda": 0.3}
-ACTIVATION_CALIBRATION_PLAIN = {"cpu": 0.45, "cuda": 0.4}
+# 0.22–0.29; plain sim_lite 0.41–0.51, sim_r50 0.31–0.42. CUDA (H200, docs/bench/bench_gpu.md, "implied
+# factor"): plain fp32 0.34 at 512–2048²; bf16 with cudnn.benchmark 0.50–0.65 for the module forward, so
+# ~0.4 expected for the lean one (−37 % on CPU) until bench_gpu.py's fast-bf16 rows measure it.
+ACTIVATION_CALIBRATION = {"cpu": 0.3, "cuda": 0.4}
+ACTIVATION_CALIBRATION_PLAIN = {"cpu": 0.45, "cuda": 0.34}
+# Size-independent device memory beyond weights (cuDNN workspaces, allocator rounding): the H200 run of
+# bench_gpu.py (docs/bench/bench_gpu.md) fits measured ≈ 1.1 GiB + 1.56 GiB/MP for fp32-eager, of which
+# weights are 0.26 GiB; 0.75 GiB reproduces 512²/1024²/2048² within 7 %.
+DEVICE_OVERHEAD_GB = {"cpu": 0.0, "cuda": 0.75}
 # Classifier activation elements per window pixel at its peak: analytic (ResNet-50: 64 ch at 1/4 res + 2–3
 # layer1 tensors of 256 ch at 1/16 ≈ 40); checked only through the whole-pipeline rows of bench_gpu.py.
 CLASSIFIER_FLOATS_PER_PX = 40.0
@@ -302,7 +307,8 @@ class MattingPredictor:
         pre = px * (4 * 3 + 4 * 6 + 4 * 6)  # transient: float image, float32 Gaussians, int32 EDT buffers
         if self.classifier is not None:
             batch_px = self.classifier_batch * 320 * 320 if self.classifier_batch else default_batch_pixels(self.device)
-            clf_act = batch_px * CLASSIFIER_FLOATS_PER_PX * self._act_bytes()
+            batch_px = min(batch_px, 4 * px)  # the 320-px windows at half-window stride cover each pixel ≤ 4×
+            clf_act = batch_px * (CLASSIFIER_FLOATS_PER_PX * self._act_bytes() + 4 * c)  # + upsampled CAMs
             semantic = px * (4 * c + 4 + 16 + 1) + clf_act + (smap if low else 0)
         else:
             semantic = smap
@@ -311,7 +317,7 @@ class MattingPredictor:
         matting = smap + tile_px * self._activation_floats_per_px() * self._act_bytes() * self._act_factor()
         if side > 0 and tile_px < px:
             matting += px * 8  # alpha accumulator and blend weights
-        return (weights + inputs + max(pre, semantic, matting)) / 2**30
+        return (weights + inputs + max(pre, semantic, matting)) / 2**30 + DEVICE_OVERHEAD_GB.get(self.device.type, 0.0)
 
     def _pick_tile(self, h: int, w: int, tile: int | None) -> int:
         tile = self.tile if tile is None else tile
@@ -394,7 +400,7 @@ class MattingPredictor:
                                   .transpose(1, 2, 0) if fg_t is not None else None)
         result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles)
         if want_semantic:
-            result.semantic = smap[0, :, :h, :w].float().cpu().numpy()
+            result.semantic = np.ascontiguousarray(smap[0, :, :h, :w].float().cpu().numpy())
             result.class_shares = class_shares(smap[:, :, :h, :w].float(), self.classes)
         timings["postprocess"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0

@@ -54,3 +54,14 @@ def test_override_and_shares() -> None:
     smap = override_semantic_trimap([2], trimap, 4)
     assert smap[0, 2, :2].eq(1).all() and smap[0, 2, 2:].eq(0).all() and smap[0, [0, 1, 3]].eq(0).all()
     assert class_shares(smap, ["a", "b", "c", "d"]) == {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0}
+
+
+def test_scatter_accumulation_equals_slice_adds() -> None:
+    torch.manual_seed(2)
+    clf = build_model("classifier_tiny", num_classes=4).eval()
+    image_n = torch.randn(2, 3, 100, 170)
+    trimap = torch.full((2, 1, 100, 170), 128.0)
+    trimap[1, :, :, :60] = 0
+    loop = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96), batch_size=3, scatter=False)
+    fast = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96), batch_size=3, scatter=True)
+    torch.testing.assert_close(fast, loop, rtol=1e-5, atol=1e-6)
