@@ -38,8 +38,12 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -50,15 +54,20 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_tuple(state["python"]))
     n = state["numpy"]
-    np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        ("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            log.warning("snapshot has %d CUDA RNG states, this machine %d GPUs: CUDA RNG not restored",
-                        len(cuda), torch.cuda.device_count())
+            log.warning(
+                "snapshot has %d CUDA RNG states, this machine %d GPUs: CUDA RNG not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
 def _as_tuple(x: Any) -> Any:
@@ -122,8 +131,15 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def export_weights(model: nn.Module, path: str | Path, *, kind: str, classes: tuple[str, ...] | list[str],
-                   meta: dict[str, Any] | None = None, half: bool = False) -> Path:
+def export_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    kind: str,
+    classes: tuple[str, ...] | list[str],
+    meta: dict[str, Any] | None = None,
+    half: bool = False,
+) -> Path:
     """Write the trained network in the backend format (``backend.models.weights.save_checkpoint``).
 
     kind: "matting", "classifier" or "discriminator". Matting exports should carry

@@ -84,42 +84,81 @@ def cmd_custom(args: argparse.Namespace) -> int:
     from trainer.custom import train_custom
 
     def run() -> None:
-        out = train_custom(args.classes, args.data, args.out, steps=args.steps, preset=args.preset,
-                           backgrounds=args.backgrounds, overrides=args.overrides, resume=args.resume)
+        out = train_custom(
+            args.classes,
+            args.data,
+            args.out,
+            steps=args.steps,
+            preset=args.preset,
+            backgrounds=args.backgrounds,
+            overrides=args.overrides,
+            resume=args.resume,
+        )
         for stage, path in out.items():
             print(f"{stage}: {path}")
         if "matting" in out:
-            print(f"use: semantic-matte matte IMAGE TRIMAP -o ALPHA --weights {out['matting']} "
-                  f"--classifier {out.get('classifier', Path(args.out) / 'classifier.pt')}")
+            print(
+                f"use: semantic-matte matte IMAGE TRIMAP -o ALPHA --weights {out['matting']} "
+                f"--classifier {out.get('classifier', Path(args.out) / 'classifier.pt')}"
+            )
 
     return _run_guarded(run)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train`` and its sub-commands on a ``semantic-matte`` sub-parser set."""
-    train = subparsers.add_parser("train", help="train the classifier, discriminator or matting network",
-                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    train = subparsers.add_parser(
+        "train",
+        help="train the classifier, discriminator or matting network",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = train.add_subparsers(dest="train_command", required=True)
     for task in TASKS:
         p = sub.add_parser(task, help=_TASK_HELP[task])
-        p.add_argument("--config", type=Path, help="TOML config (trainer/configs/*.toml); default: built-in defaults")
-        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="dotted overrides with TOML values, e.g. optim.lr=3e-4 run.precision=bf16")
+        p.add_argument(
+            "--config", type=Path, help="TOML config (trainer/configs/*.toml); default: built-in defaults"
+        )
+        p.add_argument(
+            "overrides",
+            nargs="*",
+            metavar="KEY=VALUE",
+            help="dotted overrides with TOML values, e.g. optim.lr=3e-4 run.precision=bf16 "
+            "(after all --options)",
+        )
         p.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoints/last")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.set_defaults(func=cmd_train, task=task)
 
-    p = sub.add_parser("custom", help="train classifier, discriminator and matting model for your own classes")
+    p = sub.add_parser(
+        "custom", help="train classifier, discriminator and matting model for your own classes"
+    )
     p.add_argument("--classes", required=True, help="comma-separated class names (folders of --data)")
-    p.add_argument("--data", type=Path, required=True, help="root with <class>/fg and <class>/alpha image folders")
-    p.add_argument("--out", type=Path, default=Path("runs/custom"), help="output folder (default runs/custom)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="root with <class>/fg and <class>/alpha image folders"
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/custom"), help="output folder (default runs/custom)"
+    )
     p.add_argument("--steps", type=int, default=2000, help="optimisation steps per stage (default 2000)")
-    p.add_argument("--preset", default="lite", choices=["lite", "r50", "tiny"],
-                   help="network sizes: lite (default model), r50 (official size), tiny (CPU demo)")
-    p.add_argument("--backgrounds", action="append", metavar="DIR",
-                   help="background image folder (repeatable; default: shared folders, else generated)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run; finished stages are kept")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every stage (run.precision=bf16)")
+    p.add_argument(
+        "--preset",
+        default="lite",
+        choices=["lite", "r50", "tiny"],
+        help="network sizes: lite (default model), r50 (official size), tiny (CPU demo)",
+    )
+    p.add_argument(
+        "--backgrounds",
+        action="append",
+        metavar="DIR",
+        help="background image folder (repeatable; default: shared folders, else generated)",
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run; finished stages are kept"
+    )
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every stage (run.precision=bf16)"
+    )
     p.set_defaults(func=cmd_custom)
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 TASKS = ("classifier", "discriminator", "matting")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -148,7 +149,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is bool:
@@ -178,8 +181,10 @@ def _from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(sorted(f'{where}{k}' for k in unknown))}; "
-                          f"known in {where or 'top level'}: {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(sorted(f'{where}{k}' for k in unknown))}; "
+            f"known in {where or 'top level'}: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}{k}") for k, v in data.items()}
     obj = cls()
     for k, v in kwargs.items():
@@ -231,8 +236,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
-                task: str | None = None) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, task: str | None = None
+) -> TrainConfig:
     """File → overrides → dataclasses → validation. ``task`` (from the CLI subcommand) wins over the file."""
     data = read_config_file(path) if path else {}
     data = apply_overrides(data, list(overrides or []))

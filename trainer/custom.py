@@ -46,7 +46,9 @@ def check_layout(data: Path, classes: tuple[str, ...]) -> dict[str, int]:
     for c in classes:
         fg, alpha = data / c / "fg", data / c / "alpha"
         if not fg.is_dir() or not alpha.is_dir():
-            raise FileNotFoundError(f"class {c!r}: expected {fg} and {alpha} (layout <data>/<class>/{{fg,alpha}})")
+            raise FileNotFoundError(
+                f"class {c!r}: expected {fg} and {alpha} (layout <data>/<class>/{{fg,alpha}})"
+            )
         n = len([p for p in fg.iterdir() if p.is_file()])
         if n == 0:
             raise FileNotFoundError(f"class {c!r}: no foreground images in {fg}")
@@ -54,23 +56,49 @@ def check_layout(data: Path, classes: tuple[str, ...]) -> dict[str, int]:
     return counts
 
 
-def stage_overrides(stage: str, *, classes: tuple[str, ...], data: Path, out: Path, steps: int, preset: Preset,
-                    backgrounds: list[str] | None) -> list[str]:
+def stage_overrides(
+    stage: str,
+    *,
+    classes: tuple[str, ...],
+    data: Path,
+    out: Path,
+    steps: int,
+    preset: Preset,
+    backgrounds: list[str] | None,
+) -> list[str]:
     """The dotted overrides that configure one stage (user overrides are appended after these)."""
-    spec: dict[str, Any] = {"kind": "composition", "root": str(data), "classes": list(classes),
-                            "crop_sizes": list(preset.crop_sizes)}
+    spec: dict[str, Any] = {
+        "kind": "composition",
+        "root": str(data),
+        "classes": list(classes),
+        "crop_sizes": list(preset.crop_sizes),
+    }
     if backgrounds:
         spec["backgrounds"] = backgrounds
     arch = preset.matting_arch if stage == "matting" else preset.classifier_arch
-    ov = [f"model.arch={arch}", f"data.classes={_toml(list(classes))}", f"data.train=[{_toml(spec)}]",
-          "data.val=[]", f"data.crop_size={preset.crop_size}", f"data.batch_size={preset.batch_size}",
-          f"schedule.steps={steps}", f"schedule.warmup_steps={min(100, steps // 10)}", "schedule.policy=\"cosine\"",
-          f"run.out_dir={_toml(str(out / 'runs'))}", f"run.name={stage}", f"run.ckpt_every={max(steps // 4, 1)}",
-          f"run.log_every={max(min(50, steps // 10), 1)}", "optim.name=\"adamw\""]
+    ov = [
+        f"model.arch={arch}",
+        f"data.classes={_toml(list(classes))}",
+        f"data.train=[{_toml(spec)}]",
+        "data.val=[]",
+        f"data.crop_size={preset.crop_size}",
+        f"data.batch_size={preset.batch_size}",
+        f"schedule.steps={steps}",
+        f"schedule.warmup_steps={min(100, steps // 10)}",
+        'schedule.policy="cosine"',
+        f"run.out_dir={_toml(str(out / 'runs'))}",
+        f"run.name={stage}",
+        f"run.ckpt_every={max(steps // 4, 1)}",
+        f"run.log_every={max(min(50, steps // 10), 1)}",
+        'optim.name="adamw"',
+    ]
     if stage == "matting":
-        ov += [f"model.classifier={_toml(str(out / 'classifier.pt'))}",
-               f"model.discriminator={_toml(str(out / 'discriminator.pt'))}", "model.smap=\"classifier\"",
-               "optim.lr=5e-4"]
+        ov += [
+            f"model.classifier={_toml(str(out / 'classifier.pt'))}",
+            f"model.discriminator={_toml(str(out / 'discriminator.pt'))}",
+            'model.smap="classifier"',
+            "optim.lr=5e-4",
+        ]
     else:
         ov += ["optim.lr=1e-3", "loss.label_smoothing=0.1"]
     return ov
@@ -91,9 +119,18 @@ def _toml(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
-def train_custom(classes: str | list[str] | tuple[str, ...], data: str | Path, out: str | Path, *, steps: int = 2000,
-                 preset: str = "lite", backgrounds: list[str] | None = None, overrides: list[str] | None = None,
-                 resume: bool = False, stages: tuple[str, ...] = STAGES) -> dict[str, Path]:
+def train_custom(
+    classes: str | list[str] | tuple[str, ...],
+    data: str | Path,
+    out: str | Path,
+    *,
+    steps: int = 2000,
+    preset: str = "lite",
+    backgrounds: list[str] | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    stages: tuple[str, ...] = STAGES,
+) -> dict[str, Path]:
     """Train classifier, discriminator and matting model for ``classes``; returns the exported files.
 
     Args:
@@ -123,8 +160,15 @@ def train_custom(classes: str | list[str] | tuple[str, ...], data: str | Path, o
             log.info("stage %s already done (%s)", stage, target)
             results[stage] = target
             continue
-        ov = stage_overrides(stage, classes=names, data=data, out=out, steps=steps, preset=PRESETS[preset],
-                             backgrounds=backgrounds) + list(overrides or [])
+        ov = stage_overrides(
+            stage,
+            classes=names,
+            data=data,
+            out=out,
+            steps=steps,
+            preset=PRESETS[preset],
+            backgrounds=backgrounds,
+        ) + list(overrides or [])
         cfg = load_config(None, ov, task=stage)
         trainer = train(cfg, resume=resume)
         exported = trainer.run_dir / f"{stage}.pt"

@@ -49,7 +49,8 @@ AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from the torchrun environment (1 process without it)."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+    env = os.environ
+    return int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")), int(env.get("LOCAL_RANK", "0"))
 
 
 def init_distributed(device_type: str) -> bool:
@@ -106,8 +107,9 @@ class ResumableSampler(Sampler[tuple[int, int, int]]):
     same count (the tail of ``n mod world`` is dropped per epoch). Batches may straddle epochs.
     """
 
-    def __init__(self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1,
-                 start: int = 0) -> None:
+    def __init__(
+        self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1, start: int = 0
+    ) -> None:
         if n < world:
             raise ValueError(f"dataset of {n} samples is smaller than the world size {world}")
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
@@ -115,9 +117,12 @@ class ResumableSampler(Sampler[tuple[int, int, int]]):
         self.start = start
 
     def _indices(self, epoch: int) -> np.ndarray:
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n) if self.shuffle
-                 else np.arange(self.n))
-        return order[self.rank::self.world][: self.per_rank]
+        order = (
+            np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if self.shuffle
+            else np.arange(self.n)
+        )
+        return order[self.rank :: self.world][: self.per_rank]
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         pos = self.start
@@ -201,8 +206,14 @@ def build_dataset(specs: Sequence[dict[str, Any]], cfg: TrainConfig, split: str)
         opts = dict(spec)
         repeat = int(opts.pop("repeat", 1))
         # The task picks the view: classifier / discriminator samples skip two-foreground composition.
-        ds = build_one(opts, classes=tuple(cfg.data.classes) or None, size=cfg.data.crop_size, split=split,
-                       seed=cfg.run.seed, view=cfg.task)
+        ds = build_one(
+            opts,
+            classes=tuple(cfg.data.classes) or None,
+            size=cfg.data.crop_size,
+            split=split,
+            seed=cfg.run.seed,
+            view=cfg.task,
+        )
         parts.extend([ds] * repeat)
     if not parts:
         return None
@@ -235,15 +246,21 @@ def lr_factor(sc: ScheduleConfig, base_lr: float) -> Callable[[int], float]:
 
 def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     oc = cfg.optim
-    param_groups = [{"params": g["params"], "lr": oc.lr * g.get("lr_mult", 1.0)} for g in groups if g["params"]]
+    param_groups = [
+        {"params": g["params"], "lr": oc.lr * g.get("lr_mult", 1.0)} for g in groups if g["params"]
+    ]
     if oc.name == "adam":
-        return torch.optim.Adam(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay)
+        return torch.optim.Adam(
+            param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
+        )
     if oc.name == "adamw":
-        return torch.optim.AdamW(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
-                                 weight_decay=oc.weight_decay)
+        return torch.optim.AdamW(
+            param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
+        )
     if oc.name == "radam":
-        return torch.optim.RAdam(param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps,
-                                 weight_decay=oc.weight_decay)
+        return torch.optim.RAdam(
+            param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
+        )
     return torch.optim.SGD(param_groups, lr=oc.lr, momentum=oc.betas[0], weight_decay=oc.weight_decay)
 
 
@@ -302,13 +319,19 @@ class ScalarLog:
 
 class Trainer:
     """Args:
-        cfg: resolved ``TrainConfig``.
-        resume: continue from ``<run_dir>/checkpoints/last`` when it exists.
-        train_dataset, val_dataset: override the datasets built from ``cfg.data`` (tests, custom runs).
+    cfg: resolved ``TrainConfig``.
+    resume: continue from ``<run_dir>/checkpoints/last`` when it exists.
+    train_dataset, val_dataset: override the datasets built from ``cfg.data`` (tests, custom runs).
     """
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, train_dataset: Dataset | None = None,
-                 val_dataset: Dataset | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        *,
+        resume: bool = False,
+        train_dataset: Dataset | None = None,
+        val_dataset: Dataset | None = None,
+    ) -> None:
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_env()
         self.device = resolve_device(cfg.run.device, local_rank)
@@ -333,10 +356,14 @@ class Trainer:
         self.model: nn.Module = model
         if self.distributed:
             self.model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.task.find_unused_parameters)
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.task.find_unused_parameters,
+            )
         self.optimizer = build_optimizer(cfg, self.task.param_groups())
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(cfg.schedule, cfg.optim.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_factor(cfg.schedule, cfg.optim.lr)
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.run.precision == "fp16")
 
         self.step = 0
@@ -351,11 +378,14 @@ class Trainer:
                 self._restore(snapshot)
                 log.info("resumed from %s at step %d", path, self.step)
 
-        self.train_dataset = train_dataset if train_dataset is not None else build_dataset(cfg.data.train, cfg, "train")
+        self.train_dataset = (
+            train_dataset if train_dataset is not None else build_dataset(cfg.data.train, cfg, "train")
+        )
         if self.train_dataset is None:
             raise ValueError("no training data: set data.train")
         self.val_dataset = val_dataset if val_dataset is not None else build_dataset(cfg.data.val, cfg, "val")
-        prepare_dataset(self.train_dataset)
+        if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
+            prepare_dataset(self.train_dataset)  # forked workers inherit it; spawned ones prepare their own
         self.loader = self._loader(start=self.step * cfg.data.batch_size)
 
         if self.is_main:
@@ -376,17 +406,25 @@ class Trainer:
 
     def _loader(self, start: int) -> DataLoader:
         dc = self.cfg.data
-        sampler = ResumableSampler(len(self.train_dataset), seed=self.cfg.run.seed, rank=self.rank,
-                                   world=self.world, start=start)
+        sampler = ResumableSampler(
+            len(self.train_dataset), seed=self.cfg.run.seed, rank=self.rank, world=self.world, start=start
+        )
         workers = dc.num_workers
         return DataLoader(
-            SeededDataset(self.train_dataset), batch_size=dc.batch_size, sampler=sampler, num_workers=workers,
-            collate_fn=self.task.collate, pin_memory=dc.pin_memory and self.device.type == "cuda",
-            drop_last=True, persistent_workers=workers > 0, prefetch_factor=dc.prefetch_factor if workers else None,
+            SeededDataset(self.train_dataset),
+            batch_size=dc.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=self.task.collate,
+            pin_memory=dc.pin_memory and self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            prefetch_factor=dc.prefetch_factor if workers else None,
             worker_init_fn=_worker_init if workers else None,
             multiprocessing_context=dc.worker_start if workers else None,
             # A private generator: creating the loader must not advance the global torch RNG.
-            generator=torch.Generator().manual_seed(self.cfg.run.seed))
+            generator=torch.Generator().manual_seed(self.cfg.run.seed),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         rng = rng_state()
@@ -396,20 +434,34 @@ class Trainer:
             rngs = gathered
         else:
             rngs = [rng]
-        return {"models": {self.task.name: unwrap(self.model).state_dict()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": rngs, "nonfinite": self.nonfinite,
-                "data": {"position": self.step * self.cfg.data.batch_size, "world": self.world,
-                         "batch_size": self.cfg.data.batch_size},
-                "config": self.cfg.to_dict(), "task": self.task.name}
+        return {
+            "models": {self.task.name: unwrap(self.model).state_dict()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rngs,
+            "nonfinite": self.nonfinite,
+            "data": {
+                "position": self.step * self.cfg.data.batch_size,
+                "world": self.world,
+                "batch_size": self.cfg.data.batch_size,
+            },
+            "config": self.cfg.to_dict(),
+            "task": self.task.name,
+        }
 
     def _restore(self, snap: dict[str, Any]) -> None:
         if snap.get("task") != self.task.name:
             raise ValueError(f"snapshot is for task {snap.get('task')!r}, this run trains {self.task.name!r}")
         data = snap["data"]
         if data["world"] != self.world or data["batch_size"] != self.cfg.data.batch_size:
-            log.warning("resuming with world %d × batch %d (snapshot: %d × %d): data order changes",
-                        self.world, self.cfg.data.batch_size, data["world"], data["batch_size"])
+            log.warning(
+                "resuming with world %d × batch %d (snapshot: %d × %d): data order changes",
+                self.world,
+                self.cfg.data.batch_size,
+                data["world"],
+                data["batch_size"],
+            )
         unwrap(self.model).load_state_dict(snap["models"][self.task.name])
         self.optimizer.load_state_dict(snap["optimizer"])
         self.scheduler.load_state_dict(snap["scheduler"])
@@ -446,17 +498,25 @@ class Trainer:
         if not self._all_finite(loss):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite += 1
-            log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", self.step + 1,
-                        float(loss.detach()), self.nonfinite)
+            log.warning(
+                "step %d: non-finite loss (%s), step skipped (%d in a row)",
+                self.step + 1,
+                float(loss.detach()),
+                self.nonfinite,
+            )
             if self.nonfinite >= self.cfg.run.max_nonfinite:
-                raise FloatingPointError(f"{self.nonfinite} consecutive non-finite losses; lower optim.lr or "
-                                         "use run.precision=bf16/fp32")
+                raise FloatingPointError(
+                    f"{self.nonfinite} consecutive non-finite losses; lower optim.lr or "
+                    "use run.precision=bf16/fp32"
+                )
             return None
         self.nonfinite = 0
         self.scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.cfg.optim.grad_clip
+            )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -504,7 +564,12 @@ class Trainer:
         if self.is_main and cfg.run.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.schedule.steps, initial=self.step, desc=f"train {self.task.name}", dynamic_ncols=True)
+            bar = tqdm(
+                total=cfg.schedule.steps,
+                initial=self.step,
+                desc=f"train {self.task.name}",
+                dynamic_ncols=True,
+            )
         it = iter(self.loader)
         sums: dict[str, torch.Tensor] = {}
         count, t_last, skipped, data_wait = 0, time.perf_counter(), 0, 0.0
@@ -529,17 +594,27 @@ class Trainer:
                     row = self._reduce_mean(sums, count)
                     dt = time.perf_counter() - t_last
                     steps_done = count + skipped
-                    row.update(lr=self.optimizer.param_groups[-1]["lr"], skipped=float(skipped),
-                               samples_per_s=steps_done * cfg.data.batch_size * self.world / max(dt, 1e-9),
-                               step_s=dt / max(steps_done, 1), data_wait_frac=data_wait / max(dt, 1e-9))
+                    row.update(
+                        lr=self.optimizer.param_groups[-1]["lr"],
+                        skipped=float(skipped),
+                        samples_per_s=steps_done * cfg.data.batch_size * self.world / max(dt, 1e-9),
+                        step_s=dt / max(steps_done, 1),
+                        data_wait_frac=data_wait / max(dt, 1e-9),
+                    )
                     if self.is_main:
                         assert self.train_log is not None
                         self.train_log.write(self.step, row)
                         if bar is not None:
-                            bar.set_postfix(loss=f"{row.get('total', float('nan')):.4f}", lr=f"{row['lr']:.2e}")
+                            bar.set_postfix(
+                                loss=f"{row.get('total', float('nan')):.4f}", lr=f"{row['lr']:.2e}"
+                            )
                     self.history.append({"step": float(self.step), **row})
                     sums, count, skipped, data_wait, t_last = {}, 0, 0, 0.0, time.perf_counter()
-                if cfg.run.eval_every and self.step % cfg.run.eval_every == 0 and self.step < cfg.schedule.steps:
+                if (
+                    cfg.run.eval_every
+                    and self.step % cfg.run.eval_every == 0
+                    and self.step < cfg.schedule.steps
+                ):
                     self.evaluate()
                 if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == end:
                     self.save()

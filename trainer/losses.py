@@ -112,7 +112,9 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = LAPLACIAN_LEVELS) -> list[t
     cur = x
     for _ in range(levels):
         down = _blur(cur, kernel)[..., ::2, ::2]
-        up = torch.zeros(down.shape[:2] + (down.shape[2] * 2, down.shape[3] * 2), device=x.device, dtype=x.dtype)
+        up = torch.zeros(
+            down.shape[:2] + (down.shape[2] * 2, down.shape[3] * 2), device=x.device, dtype=x.dtype
+        )
         up[..., ::2, ::2] = down
         up = _blur(up, kernel * 4.0)[..., : cur.shape[-2], : cur.shape[-1]]
         bands.append(cur - up)
@@ -122,8 +124,10 @@ def laplacian_pyramid(x: torch.Tensor, levels: int = LAPLACIAN_LEVELS) -> list[t
 
 def laplacian_loss(pred: torch.Tensor, target: torch.Tensor, levels: int = LAPLACIAN_LEVELS) -> torch.Tensor:
     """Σ over levels of the mean |band(pred) − band(target)|; whole image, unweighted (official)."""
-    return sum((F.l1_loss(p, t) for p, t in zip(laplacian_pyramid(pred, levels), laplacian_pyramid(target, levels))),
-               start=pred.new_zeros(()))
+    return sum(
+        (F.l1_loss(p, t) for p, t in zip(laplacian_pyramid(pred, levels), laplacian_pyramid(target, levels))),
+        start=pred.new_zeros(()),
+    )
 
 
 # --------------------------------------------------------------------------- L_alpha
@@ -134,8 +138,9 @@ def alpha_l1_loss(alpha_hat: torch.Tensor, alpha: torch.Tensor, unknown: torch.T
     return masked_mean(charbonnier(alpha_hat - alpha), unknown)
 
 
-def composition_loss(alpha_hat: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, image: torch.Tensor,
-                     unknown: torch.Tensor) -> torch.Tensor:
+def composition_loss(
+    alpha_hat: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, image: torch.Tensor, unknown: torch.Tensor
+) -> torch.Tensor:
     """(1/|U|) Σ_U ‖α̂F + (1−α̂)B − I‖₁ with **ground-truth** F and B (DIM-style; ref §4.3 item 3)."""
     return masked_mean(charbonnier(composite(alpha_hat, fg, bg) - image), unknown)
 
@@ -143,8 +148,14 @@ def composition_loss(alpha_hat: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor
 # --------------------------------------------------------------------------- L_FB
 
 
-def fb_l1_loss(fg_hat: torch.Tensor, bg_hat: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor,
-               fg_mask: torch.Tensor, bg_mask: torch.Tensor) -> torch.Tensor:
+def fb_l1_loss(
+    fg_hat: torch.Tensor,
+    bg_hat: torch.Tensor,
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    fg_mask: torch.Tensor,
+    bg_mask: torch.Tensor,
+) -> torch.Tensor:
     """Paper: (1/|F̃|) Σ_F̃ ‖F̂ − F‖₁ + (1/|B̃|) Σ_B̃ ‖B̂ − B‖₁, each term normalised by its own mask.
 
     The official code normalises both by one joint count and builds F̃ from ``trimap ≥ 0`` (every pixel,
@@ -154,14 +165,24 @@ def fb_l1_loss(fg_hat: torch.Tensor, bg_hat: torch.Tensor, fg: torch.Tensor, bg:
     return masked_mean(charbonnier(fg_hat - fg), fg_mask) + masked_mean(charbonnier(bg_hat - bg), bg_mask)
 
 
-def fb_composition_loss(fg_hat: torch.Tensor, bg_hat: torch.Tensor, alpha: torch.Tensor, image: torch.Tensor,
-                        unknown: torch.Tensor) -> torch.Tensor:
+def fb_composition_loss(
+    fg_hat: torch.Tensor,
+    bg_hat: torch.Tensor,
+    alpha: torch.Tensor,
+    image: torch.Tensor,
+    unknown: torch.Tensor,
+) -> torch.Tensor:
     """(1/|U|) Σ_U ‖αF̂ + (1−α)B̂ − I‖₁ with the **ground-truth** α (official loss_comp_fb, FBA)."""
     return masked_mean(charbonnier(composite(alpha, fg_hat, bg_hat) - image), unknown)
 
 
-def fb_laplacian_loss(fg_hat: torch.Tensor, bg_hat: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor,
-                      levels: int = LAPLACIAN_LEVELS) -> torch.Tensor:
+def fb_laplacian_loss(
+    fg_hat: torch.Tensor,
+    bg_hat: torch.Tensor,
+    fg: torch.Tensor,
+    bg: torch.Tensor,
+    levels: int = LAPLACIAN_LEVELS,
+) -> torch.Tensor:
     """½[Lap(F̂, F) + Lap(B̂, B)] over the whole image (official loss_fblap, FBA)."""
     return 0.5 * (laplacian_loss(fg_hat, fg, levels) + laplacian_loss(bg_hat, bg, levels))
 
@@ -172,8 +193,15 @@ def fb_laplacian_loss(fg_hat: torch.Tensor, bg_hat: torch.Tensor, fg: torch.Tens
 GRADIENT_FORMS = ("paper", "code")
 
 
-def gradient_loss(image: torch.Tensor, alpha_hat: torch.Tensor, fg_hat: torch.Tensor, bg_hat: torch.Tensor,
-                  lambdas: torch.Tensor, unknown: torch.Tensor, form: str = "paper") -> torch.Tensor:
+def gradient_loss(
+    image: torch.Tensor,
+    alpha_hat: torch.Tensor,
+    fg_hat: torch.Tensor,
+    bg_hat: torch.Tensor,
+    lambdas: torch.Tensor,
+    unknown: torch.Tensor,
+    form: str = "paper",
+) -> torch.Tensor:
     """L_g = (1/|U|) Σ_U ‖∇Î − ∇I‖₁ with learnable content-sensitive weights (λ head).
 
     ``form="paper"`` (default, the issue's formula): ∇Î = λ1∇α̂ + (1−λ2)∇F̂ + λ2∇B̂ — the model of
@@ -193,8 +221,9 @@ def gradient_loss(image: torch.Tensor, alpha_hat: torch.Tensor, fg_hat: torch.Te
     return masked_mean(charbonnier(pred - grad_magnitude(image)), unknown)
 
 
-def exclusion_loss(alpha_hat: torch.Tensor, fg_hat: torch.Tensor, bg_hat: torch.Tensor,
-                   unknown: torch.Tensor) -> torch.Tensor:
+def exclusion_loss(
+    alpha_hat: torch.Tensor, fg_hat: torch.Tensor, bg_hat: torch.Tensor, unknown: torch.Tensor
+) -> torch.Tensor:
     """L_e = (1/|U|) Σ_U ‖∇F̂‖₁‖∇B̂‖₁ + ‖∇α̂‖₁‖∇B̂‖₁ (paper; FBA's F–B exclusion plus an α–B term).
 
     Masked to the unknown region as the paper's formula writes it (the official code averages over
@@ -230,8 +259,12 @@ def discriminator_input(alpha: torch.Tensor, fg: torch.Tensor | None, mode: str 
 CLS_TARGETS = ("soft", "label", "bce")
 
 
-def classification_loss(fake_logits: torch.Tensor, real_logits: torch.Tensor | None = None,
-                        labels: torch.Tensor | None = None, target: str = "soft") -> torch.Tensor:
+def classification_loss(
+    fake_logits: torch.Tensor,
+    real_logits: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    target: str = "soft",
+) -> torch.Tensor:
     """L_c: the frozen discriminator should classify α̂ as it classifies α.
 
     soft (default, paper): −Σ_j p̂_j log p_j with p̂ = softmax(D(α)) (GT) and p = softmax(D(α̂)); its minimum
@@ -265,8 +298,10 @@ def feature_loss(fake_feats: Sequence[torch.Tensor], real_feats: Sequence[torch.
     """
     if len(fake_feats) != len(real_feats):
         raise ValueError(f"{len(fake_feats)} fake vs {len(real_feats)} real features")
-    return sum((F.mse_loss(f.float(), r.float()) for f, r in zip(fake_feats, real_feats)),
-               start=fake_feats[0].new_zeros((), dtype=torch.float32))
+    return sum(
+        (F.mse_loss(f.float(), r.float()) for f, r in zip(fake_feats, real_feats)),
+        start=fake_feats[0].new_zeros((), dtype=torch.float32),
+    )
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -278,18 +313,29 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-def discriminator_losses(discriminator: nn.Module, alpha_hat: torch.Tensor, alpha: torch.Tensor,
-                         fg: torch.Tensor | None, labels: torch.Tensor | None = None, *,
-                         input_mode: str = "fg_alpha", cls_target: str = "soft") -> dict[str, torch.Tensor]:
+def discriminator_losses(
+    discriminator: nn.Module,
+    alpha_hat: torch.Tensor,
+    alpha: torch.Tensor,
+    fg: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+    *,
+    input_mode: str = "fg_alpha",
+    cls_target: str = "soft",
+) -> dict[str, torch.Tensor]:
     """L_c and L_f through a frozen discriminator. The real pass needs no graph (targets only); the fake
     pass keeps its graph so both losses back-propagate into ``alpha_hat``."""
     if discriminator.training or any(p.requires_grad for p in discriminator.parameters()):
-        raise ValueError("the discriminator must be frozen (trainer.losses.freeze) before it is used in a loss")
+        raise ValueError(
+            "the discriminator must be frozen (trainer.losses.freeze) before it is used in a loss"
+        )
     with torch.no_grad():
         real_logits, _, real_feats = discriminator(discriminator_input(alpha, fg, input_mode))
     fake_logits, _, fake_feats = discriminator(discriminator_input(alpha_hat, fg, input_mode))
-    return {"cls": classification_loss(fake_logits, real_logits, labels, cls_target),
-            "feat": feature_loss(fake_feats, real_feats)}
+    return {
+        "cls": classification_loss(fake_logits, real_logits, labels, cls_target),
+        "feat": feature_loss(fake_feats, real_feats),
+    }
 
 
 # --------------------------------------------------------------------------- total
@@ -320,8 +366,15 @@ class SIMLoss:
         lap_levels: Laplacian pyramid levels (5, official).
     """
 
-    def __init__(self, weights: LossWeights | None = None, *, gradient_form: str = "paper",
-                 disc_input: str = "fg_alpha", cls_target: str = "soft", lap_levels: int = LAPLACIAN_LEVELS) -> None:
+    def __init__(
+        self,
+        weights: LossWeights | None = None,
+        *,
+        gradient_form: str = "paper",
+        disc_input: str = "fg_alpha",
+        cls_target: str = "soft",
+        lap_levels: int = LAPLACIAN_LEVELS,
+    ) -> None:
         if gradient_form not in GRADIENT_FORMS:
             raise ValueError(f"gradient form must be one of {GRADIENT_FORMS}, got {gradient_form!r}")
         if disc_input not in DISC_INPUTS:
@@ -339,8 +392,12 @@ class SIMLoss:
         """Whether the F/B and λ heads are used (they are parameters DDP must see in the graph)."""
         return any(w > 0 for w in (self.w.fb, self.w.grad, self.w.excl))
 
-    def __call__(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-                 discriminator: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        out: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        discriminator: nn.Module | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Args:
             out: SIMNet outputs ("alpha", and "fg", "bg", "lambdas" when aux terms are on).
             batch: "image", "fg", "bg", "alpha", "trimap" (N×1×H×W raw), optional "class_id".
@@ -360,7 +417,9 @@ class SIMLoss:
         t["l_alpha"] = w.alpha * t["alpha_l1"] + w.comp * t["comp"] + w.lap * t["lap"]
         if self.needs_aux:
             if "fg" not in out or "lambdas" not in out:
-                raise ValueError("F/B, gradient and exclusion losses need the aux outputs (forward with aux=True)")
+                raise ValueError(
+                    "F/B, gradient and exclusion losses need the aux outputs (forward with aux=True)"
+                )
             f_hat, b_hat, lam = out["fg"].float(), out["bg"].float(), out["lambdas"].float()
             t["fb_l1"] = fb_l1_loss(f_hat, b_hat, fg, bg, m["fg_ext"], m["bg_ext"])
             t["fb_comp"] = fb_composition_loss(f_hat, b_hat, alpha, image, m["unknown"])
@@ -371,10 +430,25 @@ class SIMLoss:
         else:
             t["l_fb"] = t["grad"] = t["excl"] = zero
         if discriminator is not None and (w.cls or w.feat):
-            t.update(discriminator_losses(discriminator, a_hat, alpha, fg, batch.get("class_id"),
-                                          input_mode=self.disc_input, cls_target=self.cls_target))
+            t.update(
+                discriminator_losses(
+                    discriminator,
+                    a_hat,
+                    alpha,
+                    fg,
+                    batch.get("class_id"),
+                    input_mode=self.disc_input,
+                    cls_target=self.cls_target,
+                )
+            )
         else:
             t["cls"] = t["feat"] = zero
-        t["total"] = (t["l_alpha"] + w.fb * t["l_fb"] + w.feat * t["feat"] + w.grad * t["grad"]
-                      + w.excl * t["excl"] + w.cls * t["cls"])
+        t["total"] = (
+            t["l_alpha"]
+            + w.fb * t["l_fb"]
+            + w.feat * t["feat"]
+            + w.grad * t["grad"]
+            + w.excl * t["excl"]
+            + w.cls * t["cls"]
+        )
         return t

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 from torch.utils.data import default_collate
 
@@ -93,7 +93,9 @@ def classifier_input(image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
     return torch.cat([normalize_image(image), trimap / 255.0], dim=1)
 
 
-def training_semantic_trimap(classifier: nn.Module, image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
+def training_semantic_trimap(
+    classifier: nn.Module, image: torch.Tensor, trimap: torch.Tensor
+) -> torch.Tensor:
     """Semantic trimap of whole training crops: one classifier pass per crop, CAM upsampled to the crop,
     min–max scaled **per sample**, zero outside the unknown region.
 
@@ -137,13 +139,19 @@ class Task:
         kind = get_entry(self.cfg.model.arch).kind
         want = "classifier" if self.name in ("classifier", "discriminator") else "matting"
         if kind != want:
-            raise ValueError(f"model.arch {self.cfg.model.arch!r} is a {kind} model; task {self.name!r} needs a "
-                             f"{want} architecture")
+            raise ValueError(
+                f"model.arch {self.cfg.model.arch!r} is a {kind} model; task {self.name!r} needs a "
+                f"{want} architecture"
+            )
         model = build_model(self.cfg.model.arch, num_classes=len(self.classes))
         if self.cfg.model.init:
-            lw = load_weights(self.cfg.model.init, self.name if self.name != "discriminator" else "discriminator")
+            lw = load_weights(
+                self.cfg.model.init, self.name if self.name != "discriminator" else "discriminator"
+            )
             if len(lw.classes) != len(self.classes):
-                raise ValueError(f"{self.cfg.model.init} has {len(lw.classes)} classes, config {len(self.classes)}")
+                raise ValueError(
+                    f"{self.cfg.model.init} has {len(lw.classes)} classes, config {len(self.classes)}"
+                )
             model.load_state_dict(lw.model.state_dict())
         return model
 
@@ -161,8 +169,13 @@ class Task:
         raise NotImplementedError
 
     def export(self, path: Path, extra_meta: dict[str, Any] | None = None) -> Path:
-        return export_weights(self.model, path, kind=self.name, classes=self.classes,
-                              meta={"arch": self.cfg.model.arch, **(extra_meta or {})})
+        return export_weights(
+            self.model,
+            path,
+            kind=self.name,
+            classes=self.classes,
+            meta={"arch": self.cfg.model.arch, **(extra_meta or {})},
+        )
 
 
 class _ClassificationTask(Task):
@@ -179,7 +192,9 @@ class _ClassificationTask(Task):
         if not bool(valid.any()):  # keep the graph (DDP needs every rank to backward) but learn nothing
             loss = logits.float().sum() * 0.0
             return {"total": loss, "ce": loss.detach(), "acc": loss.detach()}
-        loss = F.cross_entropy(logits.float(), target, ignore_index=-1, label_smoothing=self.cfg.loss.label_smoothing)
+        loss = F.cross_entropy(
+            logits.float(), target, ignore_index=-1, label_smoothing=self.cfg.loss.label_smoothing
+        )
         acc = (logits.detach().argmax(1) == target)[valid].float().mean()
         return {"total": loss, "ce": loss.detach(), "acc": acc}
 
@@ -229,23 +244,38 @@ class MattingTask(Task):
     def __init__(self, cfg: TrainConfig, device: torch.device) -> None:
         super().__init__(cfg, device)
         lc = cfg.loss
-        self.loss = SIMLoss(LossWeights(lc.alpha, lc.comp, lc.lap, lc.fb, lc.feat, lc.grad, lc.excl, lc.cls),
-                            gradient_form=lc.gradient_form, disc_input=lc.disc_input, cls_target=lc.cls_target)
+        self.loss = SIMLoss(
+            LossWeights(lc.alpha, lc.comp, lc.lap, lc.fb, lc.feat, lc.grad, lc.excl, lc.cls),
+            gradient_form=lc.gradient_form,
+            disc_input=lc.disc_input,
+            cls_target=lc.cls_target,
+        )
         self.classifier = self._frozen(cfg.model.classifier, "classifier") if cfg.model.classifier else None
         if cfg.model.smap == "classifier" and self.classifier is None:
-            raise ValueError("model.smap = 'classifier' needs model.classifier weights; train one with "
-                             "`semantic-matte train classifier`, or set model.smap = 'label' or 'none'")
-        self.discriminator = self._frozen(cfg.model.discriminator, "discriminator") if cfg.model.discriminator else None
+            raise ValueError(
+                "model.smap = 'classifier' needs model.classifier weights; train one with "
+                "`semantic-matte train classifier`, or set model.smap = 'label' or 'none'"
+            )
+        self.discriminator = (
+            self._frozen(cfg.model.discriminator, "discriminator") if cfg.model.discriminator else None
+        )
         if self.discriminator is None and (lc.cls or lc.feat):
             log.warning("no discriminator weights (model.discriminator): L_c and L_f are off")
 
     def _frozen(self, path: str, kind: str) -> nn.Module:
         lw = load_weights(path, kind)
         if len(lw.classes) != len(self.classes):
-            raise ValueError(f"{kind} {path} predicts {len(lw.classes)} classes, the config has {len(self.classes)}")
-        if kind == "discriminator" and lw.meta.get("disc_input", self.cfg.loss.disc_input) != self.cfg.loss.disc_input:
-            raise ValueError(f"discriminator {path} was trained with disc_input={lw.meta['disc_input']!r}, "
-                             f"the config says {self.cfg.loss.disc_input!r}")
+            raise ValueError(
+                f"{kind} {path} predicts {len(lw.classes)} classes, the config has {len(self.classes)}"
+            )
+        if (
+            kind == "discriminator"
+            and lw.meta.get("disc_input", self.cfg.loss.disc_input) != self.cfg.loss.disc_input
+        ):
+            raise ValueError(
+                f"discriminator {path} was trained with disc_input={lw.meta['disc_input']!r}, "
+                f"the config says {self.cfg.loss.disc_input!r}"
+            )
         return freeze(lw.model.to(self.device))
 
     @property
@@ -270,16 +300,27 @@ class MattingTask(Task):
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batch["image"]
-        out = model(image, normalize_image(image), batch["trimap2"], batch["trimap_gauss"], self.semantic(batch),
-                    aux=self.loss.needs_aux)
+        out = model(
+            image,
+            normalize_image(image),
+            batch["trimap2"],
+            batch["trimap_gauss"],
+            self.semantic(batch),
+            aux=self.loss.needs_aux,
+        )
         terms = self.loss(out, batch, self.discriminator)
         return {k: (v if k == "total" else v.detach()) for k, v in terms.items()}
 
     def predictor(self) -> Any:
         from backend.predictor import MattingPredictor
 
-        return MattingPredictor(unwrap(self.model), self.classifier, classes=self.classes, device=self.device,
-                                foreground_head=True)
+        return MattingPredictor(
+            unwrap(self.model),
+            self.classifier,
+            classes=self.classes,
+            device=self.device,
+            foreground_head=True,
+        )
 
     def evaluate(self, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
         """DIM metrics (backend.metrics) of the full inference path (backend.predictor) on each sample."""
@@ -317,8 +358,11 @@ class MattingTask(Task):
         return super().export(path, {**meta, **(extra_meta or {})})
 
 
-TASK_CLASSES: dict[str, type[Task]] = {"classifier": ClassifierTask, "discriminator": DiscriminatorTask,
-                                       "matting": MattingTask}
+TASK_CLASSES: dict[str, type[Task]] = {
+    "classifier": ClassifierTask,
+    "discriminator": DiscriminatorTask,
+    "matting": MattingTask,
+}
 
 
 def build_task(cfg: TrainConfig, device: torch.device) -> Task:

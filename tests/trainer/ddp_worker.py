@@ -24,11 +24,27 @@ def main() -> None:
     resume = "--resume" in sys.argv
     stop = int(sys.argv[sys.argv.index("--stop-after") + 1]) if "--stop-after" in sys.argv else None
     torch.set_num_threads(1)
-    cfg = load_config(None, [f"run.out_dir={json.dumps(str(out))}", f"run.name={name}", "model.arch=sim_tiny",
-                             "model.smap=label", "data.classes=a,b,c", "data.batch_size=2", "data.num_workers=0",
-                             "data.crop_size=64", f"schedule.steps={steps}", "run.log_every=1", "run.progress=false",
-                             "run.tensorboard=false", "run.deterministic=true", "run.ckpt_every=100",
-                             "optim.lr=1e-3"], task="matting")
+    cfg = load_config(
+        None,
+        [
+            f"run.out_dir={json.dumps(str(out))}",
+            f"run.name={name}",
+            "model.arch=sim_tiny",
+            "model.smap=label",
+            "data.classes=a,b,c",
+            "data.batch_size=2",
+            "data.num_workers=0",
+            "data.crop_size=64",
+            f"schedule.steps={steps}",
+            "run.log_every=1",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "run.deterministic=true",
+            "run.ckpt_every=100",
+            "optim.lr=1e-3",
+        ],
+        task="matting",
+    )
     trainer = Trainer(cfg, resume=resume, train_dataset=ToyMattingDataset(12, 64, 3))
     history = trainer.train(stop_after=stop)
     flat = torch.cat([p.detach().flatten() for p in unwrap(trainer.model).parameters()])
@@ -36,8 +52,14 @@ def main() -> None:
     dist.all_gather_object(sums, [float(flat.sum()), float(flat.abs().sum())])
     bn = [type(m).__name__ for m in unwrap(trainer.model).modules() if "BatchNorm" in type(m).__name__]
     if trainer.is_main:
-        report = {"world": trainer.world, "checksums": sums, "history": history, "step": trainer.step,
-                  "ddp": type(trainer.model).__name__, "bn": sorted(set(bn))}
+        report = {
+            "world": trainer.world,
+            "checksums": sums,
+            "history": history,
+            "step": trainer.step,
+            "ddp": type(trainer.model).__name__,
+            "bn": sorted(set(bn)),
+        }
         (out / name / ("report_resumed.json" if resume else "report.json")).write_text(json.dumps(report))
     dist.destroy_process_group()
 

@@ -41,9 +41,27 @@ def test_custom_three_classes_end_to_end(tmp_path):
     bgs = tmp_path / "bg"
     bgs.mkdir()
     cv2.imwrite(str(bgs / "bg.png"), (np.random.default_rng(1).random((96, 96, 3)) * 255).astype(np.uint8))
-    args = _parse(["train", "custom", "--classes", ",".join(CLASSES), "--data", str(data), "--out", str(out),
-                   "--steps", "3", "--preset", "tiny", "--backgrounds", str(bgs),
-                   "data.num_workers=0", "run.progress=false", "run.tensorboard=false"])
+    args = _parse(
+        [
+            "train",
+            "custom",
+            "--classes",
+            ",".join(CLASSES),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--preset",
+            "tiny",
+            "--backgrounds",
+            str(bgs),
+            "data.num_workers=0",
+            "run.progress=false",
+            "run.tensorboard=false",
+        ]
+    )
     assert args.func(args) == 0
     for stage in ("classifier", "discriminator", "matting"):
         lw = load_weights(out / f"{stage}.pt", stage)
@@ -53,7 +71,9 @@ def test_custom_three_classes_end_to_end(tmp_path):
 
     from backend.predictor import MattingPredictor
 
-    pred = MattingPredictor.from_pretrained(weights=out / "matting.pt", classifier=out / "classifier.pt", device="cpu")
+    pred = MattingPredictor.from_pretrained(
+        weights=out / "matting.pt", classifier=out / "classifier.pt", device="cpu"
+    )
     assert pred.classes == CLASSES and pred.classifier is not None
     alpha = toy_alpha(1, 96, np.random.default_rng(5))
     image = (np.random.default_rng(2).random((96, 96, 3)) * 255).astype(np.uint8)
@@ -69,16 +89,40 @@ def test_custom_three_classes_end_to_end(tmp_path):
 
     cv2.imwrite(str(tmp_path / "img.png"), image[..., ::-1])
     cv2.imwrite(str(tmp_path / "tri.png"), trimap)
-    rc = matte_main(["matte", str(tmp_path / "img.png"), str(tmp_path / "tri.png"), "-o", str(tmp_path / "a.png"),
-                     "--weights", str(out / "matting.pt"), "--classifier", str(out / "classifier.pt"),
-                     "--device", "cpu"])
+    rc = matte_main(
+        [
+            "matte",
+            str(tmp_path / "img.png"),
+            str(tmp_path / "tri.png"),
+            "-o",
+            str(tmp_path / "a.png"),
+            "--weights",
+            str(out / "matting.pt"),
+            "--classifier",
+            str(out / "classifier.pt"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0 and (tmp_path / "a.png").is_file()
 
 
 def test_custom_rejects_bad_layout(tmp_path, capsys):
     (tmp_path / "data" / "a" / "fg").mkdir(parents=True)
-    args = _parse(["train", "custom", "--classes", "a,b", "--data", str(tmp_path / "data"),
-                   "--out", str(tmp_path / "out"), "--preset", "tiny"])
+    args = _parse(
+        [
+            "train",
+            "custom",
+            "--classes",
+            "a,b",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--preset",
+            "tiny",
+        ]
+    )
     assert args.func(args) == 10
     assert "layout <data>/<class>/{fg,alpha}" in capsys.readouterr().err
 
@@ -90,3 +134,11 @@ def test_train_cli_print_config_and_config_error(capsys):
     args = _parse(["train", "matting", "--print-config", "optim.nope=1"])
     assert args.func(args) == 6
     assert "optim.nope" in capsys.readouterr().err
+
+
+def test_semantic_matte_cli_has_train_commands(capsys):
+    from backend.cli import main
+
+    assert main(["train", "classifier", "--print-config", "data.batch_size=3"]) == 0
+    out = capsys.readouterr().out
+    assert '"task": "classifier"' in out and '"arch": "classifier_lite"' in out

@@ -22,9 +22,20 @@ NUM_CLASSES = 3
 
 
 def _cfg(tmp: Path, name: str, task: str = "matting", *extra: str):
-    base = [f"run.out_dir={tmp}", f"run.name={name}", "data.batch_size=4", "data.num_workers=0",
-            "data.crop_size=64", "run.progress=false", "run.log_every=1", "run.deterministic=true",
-            "run.tensorboard=false", "data.classes=a,b,c", "optim.lr=1e-3", "schedule.policy=constant"]
+    base = [
+        f"run.out_dir={tmp}",
+        f"run.name={name}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "data.crop_size=64",
+        "run.progress=false",
+        "run.log_every=1",
+        "run.deterministic=true",
+        "run.tensorboard=false",
+        "data.classes=a,b,c",
+        "optim.lr=1e-3",
+        "schedule.policy=constant",
+    ]
     base.append("model.arch=" + ("sim_tiny" if task == "matting" else "classifier_tiny"))
     return load_config(None, base + list(extra), task=task)
 
@@ -34,10 +45,19 @@ def helpers(tmp_path_factory) -> dict[str, str]:
     """Random-weight frozen helpers: enough to exercise the semantic trimap and L_c / L_f paths."""
     d = tmp_path_factory.mktemp("helpers")
     torch.manual_seed(1)
-    cls = save_checkpoint(d / "classifier.pt", build_model("classifier_tiny", num_classes=NUM_CLASSES),
-                          kind="classifier", classes=["a", "b", "c"])
-    disc = save_checkpoint(d / "discriminator.pt", build_model("classifier_tiny", num_classes=NUM_CLASSES),
-                           kind="discriminator", classes=["a", "b", "c"], meta={"disc_input": "fg_alpha"})
+    cls = save_checkpoint(
+        d / "classifier.pt",
+        build_model("classifier_tiny", num_classes=NUM_CLASSES),
+        kind="classifier",
+        classes=["a", "b", "c"],
+    )
+    disc = save_checkpoint(
+        d / "discriminator.pt",
+        build_model("classifier_tiny", num_classes=NUM_CLASSES),
+        kind="discriminator",
+        classes=["a", "b", "c"],
+        meta={"disc_input": "fg_alpha"},
+    )
     return {"classifier": str(cls), "discriminator": str(disc)}
 
 
@@ -54,8 +74,14 @@ def _loss_on(trainer: Trainer, batch: dict) -> float:
 
 def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
     ds = ToyMattingDataset(4, 64, NUM_CLASSES)
-    cfg = _cfg(tmp_path, "fit", "matting", "schedule.steps=25", f"model.classifier={helpers['classifier']}",
-               f"model.discriminator={helpers['discriminator']}")
+    cfg = _cfg(
+        tmp_path,
+        "fit",
+        "matting",
+        "schedule.steps=25",
+        f"model.classifier={helpers['classifier']}",
+        f"model.discriminator={helpers['discriminator']}",
+    )
     tr = Trainer(cfg, train_dataset=ds)
     batch = _fixed_batch(ds)
     before = _loss_on(tr, batch)
@@ -73,7 +99,9 @@ def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
     assert lw.meta["foreground_head"] is True and lw.meta["classifier"] == "classifier.pt"
     p = MattingPredictor.from_pretrained(weights=weights, device="cpu")
     assert p.classifier is not None
-    res = p.predict(batch["image"][0].permute(1, 2, 0).numpy(), batch["trimap"][0, 0].numpy().astype(np.uint8))
+    res = p.predict(
+        batch["image"][0].permute(1, 2, 0).numpy(), batch["trimap"][0, 0].numpy().astype(np.uint8)
+    )
     assert res.alpha.shape == (64, 64)
 
 
@@ -88,7 +116,8 @@ def test_tiny_classifier_run_lowers_loss(tmp_path):
     tr.model.eval()
     after = _loss_on(tr, batch)
     assert after < 0.6 * before, (before, after)
-    rows = list(csv.DictReader(open(tmp_path / "cls" / "eval.csv")))
+    with open(tmp_path / "cls" / "eval.csv") as f:
+        rows = list(csv.DictReader(f))
     assert float(rows[-1]["acc"]) >= 0.5
     assert load_weights(tmp_path / "cls" / "classifier.pt", "classifier").arch == "classifier_tiny"
 
@@ -106,9 +135,15 @@ def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
 def test_resume_is_bit_identical(tmp_path, helpers, workers):
     """N steps in one go == k steps, a fresh process-like restart with --resume, then N − k steps."""
     ds = ToyMattingDataset(10, 64, NUM_CLASSES)  # 10 samples, batch 4: batches straddle epochs
-    extra = ("schedule.steps=6", "schedule.policy=cosine", "schedule.warmup_steps=2", "run.ckpt_every=100",
-             f"data.num_workers={workers}", f"model.classifier={helpers['classifier']}",
-             f"model.discriminator={helpers['discriminator']}")
+    extra = (
+        "schedule.steps=6",
+        "schedule.policy=cosine",
+        "schedule.warmup_steps=2",
+        "run.ckpt_every=100",
+        f"data.num_workers={workers}",
+        f"model.classifier={helpers['classifier']}",
+        f"model.discriminator={helpers['discriminator']}",
+    )
     full = Trainer(_cfg(tmp_path, "full", "matting", *extra), train_dataset=ds)
     full.train()
 
@@ -126,7 +161,8 @@ def test_resume_is_bit_identical(tmp_path, helpers, workers):
     assert not diff, f"{len(diff)} tensors differ, e.g. {diff[:5]}"
     assert full.scheduler.state_dict()["last_epoch"] == resumed.scheduler.state_dict()["last_epoch"] == 6
     # The resumed CSV has each step once.
-    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "split" / "train.csv"))]
+    with open(tmp_path / "split" / "train.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(1, 7))
 
 
@@ -173,12 +209,19 @@ def test_sampler_resumes_and_shards():
 
 def test_config_overrides_files_and_errors(tmp_path):
     base = tmp_path / "base.toml"
-    base.write_text('task = "matting"\n[optim]\nlr = 0.01\n[data]\nbatch_size = 2\n'
-                    'train = [{kind = "synthetic", count = 8}]\n')
+    base.write_text(
+        'task = "matting"\n[optim]\nlr = 0.01\n[data]\nbatch_size = 2\n'
+        'train = [{kind = "synthetic", count = 8}]\n'
+    )
     child = tmp_path / "child.toml"
     child.write_text('base = "base.toml"\n[optim]\nname = "adamw"\n')
     cfg = load_config(child, ["data.batch_size=3", "run.precision=bf16", "loss.grad=0.5"])
-    assert (cfg.optim.lr, cfg.optim.name, cfg.data.batch_size, cfg.run.precision) == (0.01, "adamw", 3, "bf16")
+    assert (cfg.optim.lr, cfg.optim.name, cfg.data.batch_size, cfg.run.precision) == (
+        0.01,
+        "adamw",
+        3,
+        "bf16",
+    )
     assert cfg.loss.grad == 0.5 and cfg.model.arch == "sim_lite" and cfg.data.train[0]["count"] == 8
     with pytest.raises(ConfigError, match="optim.lrr"):
         load_config(None, ["optim.lrr=1"])
@@ -198,12 +241,22 @@ def test_shipped_configs_parse(name):
 
 
 def test_lr_schedule_shapes():
-    cfg = load_config(None, ["schedule.steps=100", "schedule.warmup_steps=10", "schedule.policy=step",
-                             "schedule.decay_every=30", "optim.lr=1e-3"])
+    cfg = load_config(
+        None,
+        [
+            "schedule.steps=100",
+            "schedule.warmup_steps=10",
+            "schedule.policy=step",
+            "schedule.decay_every=30",
+            "optim.lr=1e-3",
+        ],
+    )
     f = lr_factor(cfg.schedule, cfg.optim.lr)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(10) == 1.0 and f(40) == pytest.approx(0.1) and f(70) == pytest.approx(0.01)
-    cfg = load_config(None, ["schedule.steps=100", "schedule.policy=cosine", "optim.lr=1e-3", "schedule.min_lr=1e-5"])
+    cfg = load_config(
+        None, ["schedule.steps=100", "schedule.policy=cosine", "optim.lr=1e-3", "schedule.min_lr=1e-5"]
+    )
     f = lr_factor(cfg.schedule, cfg.optim.lr)
     assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.01)
 
@@ -225,7 +278,9 @@ def test_nonfinite_loss_skips_then_aborts(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match="3 consecutive"):
         tr.train()
     after = tr.model.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k)
+    assert all(
+        torch.equal(before[k], after[k]) for k in before if "running" not in k and "num_batches" not in k
+    )
 
 
 def test_tensorboard_scalars_written(tmp_path):

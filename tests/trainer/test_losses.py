@@ -122,7 +122,9 @@ def test_laplacian_loss_grad_and_linearity():
     pred = (target + 0.5 * delta).requires_grad_()
     loss = L.laplacian_loss(pred, target)
     # The pyramid is linear: loss(target + kδ) = k · loss(δ, 0).
-    assert loss.item() == pytest.approx(0.5 * float(L.laplacian_loss(delta, torch.zeros_like(delta))), rel=1e-5)
+    assert loss.item() == pytest.approx(
+        0.5 * float(L.laplacian_loss(delta, torch.zeros_like(delta))), rel=1e-5
+    )
     assert loss.item() > 0
     loss.backward()
     assert _grad_reaches(pred)
@@ -238,7 +240,9 @@ def test_gradient_flows_through_frozen_discriminator(mode: str):
     alpha = torch.rand(2, 1, 64, 64)
     fg = torch.rand(2, 3, 64, 64)
     a_hat = torch.rand(2, 1, 64, 64, requires_grad=True)
-    terms = L.discriminator_losses(disc, a_hat, alpha, fg, torch.tensor([0, 2]), input_mode=mode, cls_target="soft")
+    terms = L.discriminator_losses(
+        disc, a_hat, alpha, fg, torch.tensor([0, 2]), input_mode=mode, cls_target="soft"
+    )
     assert float(terms["feat"]) > 0
     terms["cls"].backward(retain_graph=True)
     assert _grad_reaches(a_hat)  # the official code's no-grad bug (ref §4.3 item 2) would leave this None
@@ -262,14 +266,20 @@ def test_unfrozen_discriminator_is_refused():
 def _batch(n: int = 2, s: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     alpha = torch.zeros(n, 1, s, s)
-    alpha[..., s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 1.0
-    alpha[..., s // 4 - 4: s // 4 + 4, :] = torch.rand(n, 1, 8, s, generator=g)
+    alpha[..., s // 4 : 3 * s // 4, s // 4 : 3 * s // 4] = 1.0
+    alpha[..., s // 4 - 4 : s // 4 + 4, :] = torch.rand(n, 1, 8, s, generator=g)
     fg, bg = torch.rand(n, 3, s, s, generator=g), torch.rand(n, 3, s, s, generator=g)
     trimap = torch.full((n, 1, s, s), 128.0)
     trimap[alpha == 0] = 0
-    trimap[..., s // 4 + 8: 3 * s // 4 - 8, s // 4 + 8: 3 * s // 4 - 8] = 255
-    return {"image": L.composite(alpha, fg, bg), "fg": fg, "bg": bg, "alpha": alpha, "trimap": trimap,
-            "class_id": torch.arange(n) % 3}
+    trimap[..., s // 4 + 8 : 3 * s // 4 - 8, s // 4 + 8 : 3 * s // 4 - 8] = 255
+    return {
+        "image": L.composite(alpha, fg, bg),
+        "fg": fg,
+        "bg": bg,
+        "alpha": alpha,
+        "trimap": trimap,
+        "class_id": torch.arange(n) % 3,
+    }
 
 
 def test_simloss_total_weights_and_gradients_reach_every_head():
@@ -280,18 +290,28 @@ def test_simloss_total_weights_and_gradients_reach_every_head():
     disc = L.freeze(build_model("classifier_tiny", num_classes=3))
     b = _batch()
     t2 = torch.cat([(b["trimap"] == 0).float(), (b["trimap"] == 255).float()], 1)
-    out = model(b["image"], normalize_image(b["image"]), t2, torch.zeros(2, 6, 64, 64), torch.zeros(2, 3, 64, 64))
+    out = model(
+        b["image"], normalize_image(b["image"]), t2, torch.zeros(2, 6, 64, 64), torch.zeros(2, 3, 64, 64)
+    )
     loss = L.SIMLoss()
     terms = loss(out, b, disc)
     w = L.LossWeights()
-    expected = (terms["alpha_l1"] + terms["comp"] + terms["lap"]
-                + 0.2 * (terms["l_fb"] + terms["feat"] + terms["grad"] + terms["excl"]) + 0.1 * terms["cls"])
+    expected = (
+        terms["alpha_l1"]
+        + terms["comp"]
+        + terms["lap"]
+        + 0.2 * (terms["l_fb"] + terms["feat"] + terms["grad"] + terms["excl"])
+        + 0.1 * terms["cls"]
+    )
     assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
     assert (w.fb, w.feat, w.grad, w.excl, w.cls) == (0.2, 0.2, 0.2, 0.2, 0.1)
     assert all(torch.isfinite(v) for v in terms.values())
     terms["total"].backward()
-    heads = {"conv_up4_alpha": model.decoder.conv_up4_alpha, "conv_up4_fb": model.decoder.conv_up4_fb,
-             "conv_up4_attn": model.decoder.conv_up4_attn}
+    heads = {
+        "conv_up4_alpha": model.decoder.conv_up4_alpha,
+        "conv_up4_fb": model.decoder.conv_up4_fb,
+        "conv_up4_attn": model.decoder.conv_up4_attn,
+    }
     for name, head in heads.items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), name
 
@@ -305,7 +325,9 @@ def test_discriminator_terms_alone_train_the_matting_network():
     disc = L.freeze(build_model("classifier_tiny", num_classes=3))
     b = _batch()
     t2 = torch.cat([(b["trimap"] == 0).float(), (b["trimap"] == 255).float()], 1)
-    out = model(b["image"], normalize_image(b["image"]), t2, torch.zeros(2, 6, 64, 64), torch.zeros(2, 3, 64, 64))
+    out = model(
+        b["image"], normalize_image(b["image"]), t2, torch.zeros(2, 6, 64, 64), torch.zeros(2, 3, 64, 64)
+    )
     weights = L.LossWeights(alpha=0, comp=0, lap=0, fb=0, grad=0, excl=0, feat=1.0, cls=1.0)
     terms = L.SIMLoss(weights)(out, b, disc)
     terms["total"].backward()

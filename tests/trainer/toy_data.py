@@ -61,5 +61,11 @@ class ToyMattingDataset(Dataset):
         def chw(a: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).float()
 
-        return {"image": chw(image), "fg": chw(fg), "bg": chw(bg), "alpha": torch.from_numpy(alpha.copy())[None],
-                "trimap": torch.from_numpy(trimap)[None], "class_id": torch.tensor(cls, dtype=torch.int64)}
+        return {
+            "image": chw(image),
+            "fg": chw(fg),
+            "bg": chw(bg),
+            "alpha": torch.from_numpy(alpha.copy())[None],
+            "trimap": torch.from_numpy(trimap)[None],
+            "class_id": torch.tensor(cls, dtype=torch.int64),
+        }
