@@ -199,6 +199,52 @@ def matting_only_peak(pred: MattingPredictor, image: np.ndarray, trimap: np.ndar
     return {"matting_act_gib": act / GIB, "implied_factor": act / count}
 
 
+def trained_accuracy(dev: torch.device, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Accuracy of the fast paths where it means something: the shipped, trained default model
+    (sim_lite + classifier_lite) on the bundled lemur photo upscaled to each size, against strict FP32."""
+    import cv2
+
+    from backend.models.weights import find_default
+
+    if find_default("matting") is None:
+        return {"skipped": "no shipped default weights"}
+    ex = Path(__file__).resolve().parents[1] / "backend" / "examples"
+    image0 = cv2.cvtColor(cv2.imread(str(ex / "lemur.png"), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    trimap0 = cv2.imread(str(ex / "lemur_trimap.png"), cv2.IMREAD_GRAYSCALE)
+    out: dict[str, Any] = {}
+    for size in sizes:
+        scale = size / max(trimap0.shape)
+        image = cv2.resize(image0, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        trimap = cv2.resize(trimap0, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+        rows: dict[str, Any] = {}
+        ref = None
+        for cfg in ("fp32-strict", "fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16"):
+            set_mode(cfg)
+            if cfg.startswith("fast"):
+                prec = "fp16" if "fp16" in cfg else ("fp32" if "fp32" in cfg else "bf16")
+                if dev.type == "cpu" and prec == "fp16":
+                    prec = "bf16"
+                pred = MattingPredictor.from_pretrained(device=dev, precision=prec, tile=0, gpu_preprocess=True)
+            else:
+                pred = MattingPredictor.from_pretrained(device=dev, precision="fp32", tile=0, optimize=False,
+                                                        gpu_preprocess=False)
+            pred.predict(image, trimap)
+            times = []
+            for _ in range(repeats):
+                sync(dev)
+                t = time.perf_counter()
+                alpha = pred.predict(image, trimap).alpha
+                times.append(time.perf_counter() - t)
+            if ref is None:
+                ref = alpha
+            dmax, dmean = alpha_diff(alpha, ref, trimap)
+            rows[cfg] = {"median_s": statistics.median(times), "diff_max": dmax, "diff_mean": dmean}
+            del pred
+            gc.collect()
+        out[f"{trimap.shape[1]}×{trimap.shape[0]}"] = rows
+    return out
+
+
 def alpha_diff(a: np.ndarray, ref: np.ndarray, trimap: np.ndarray) -> tuple[float, float]:
     d = np.abs(a.astype(np.float64) - ref.astype(np.float64))[trimap == 128] * 255
     return float(d.max()), float(d.mean())
@@ -340,6 +386,12 @@ def main() -> None:
     log(f"seam check: {report['seam']}")
 
     release()
+    try:
+        report["trained"] = trained_accuracy(dev, sizes, 3 if cpu else 5)
+    except Exception as exc:  # noqa: BLE001 — an optional section
+        report["trained"] = {"error": repr(exc)}
+    log(f"trained-model accuracy: {report['trained']}")
+    release()
 
     if big and time.perf_counter() - T_START < args.budget_s:
         torch.backends.cudnn.benchmark = False  # a single run: autotuning every new batch shape would dominate
@@ -430,6 +482,17 @@ def print_tables(report: dict[str, Any], sizes: list[int]) -> None:
         print(f"Seams: {s['size']}² tiled at {s['tile']} px ({s['tiles']} tiles) vs untiled, fast-bf16: "
               f"Δα max {s['diff'][0]:.2f}/255, mean {s['diff'][1]:.3f}/255 with whole-image ASPP context; "
               f"naive per-tile context max {s['diff_naive'][0]:.2f}, mean {s['diff_naive'][1]:.3f}")
+    tr = report.get("trained") or {}
+    if tr:
+        print("\nTrained default model (sim_lite + classifier_lite) on the bundled lemur photo, Δα vs strict FP32 "
+              "(TF32 off) on the unknown region, /255:")
+        if "error" in tr or "skipped" in tr:
+            print(f"  {tr}")
+        else:
+            print("\n| size | config | median ms | Δα max | Δα mean |\n|---|---|---|---|---|")
+            for size_key, rows in tr.items():
+                for cfg, r in rows.items():
+                    print(f"| {size_key} | {cfg} | {r['median_s'] * 1e3:.1f} | {r['diff_max']:.2f} | {r['diff_mean']:.3f} |")
     b = report.get("big")
     if b:
         if "error" in b:
