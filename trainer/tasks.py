@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 from torch.utils.data import default_collate
 
@@ -26,7 +25,7 @@ from backend.classes import SIMD_CLASSES
 from backend.metrics import MetricAccumulator, compute_metrics
 from backend.models.registry import build_model, get_entry
 from backend.models.weights import load_weights
-from backend.processing import GAUSS_TRIMAP_SIGMAS, normalize_image, trimap_two_channel
+from backend.processing import normalize_image, trimap_gaussian, trimap_two_channel
 from backend.protocol import TRIMAP_UNKNOWN
 from trainer.checkpoint import export_weights, unwrap
 from trainer.config import TrainConfig
@@ -41,25 +40,6 @@ def resolve_classes(cfg: TrainConfig) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------------- collate
 
-
-def gaussian_trimap_deterministic(trimap2: np.ndarray) -> np.ndarray:
-    """H×W×6 float32: the encoding of ``backend.processing.trimap_gaussian`` (same σ, same channel order),
-    with the exact Euclidean distance from SciPy instead of OpenCV.
-
-    Why: OpenCV's ``DIST_MASK_PRECISE`` distance transform is not run-to-run deterministic (differences
-    of ~2e−6 px between identical calls, also with one thread, OpenCV 5.0), which breaks bit-identical
-    resume. SciPy's EDT is exact and deterministic; the two agree to 4e−6 px.
-    """
-    h, w = trimap2.shape[:2]
-    out = np.zeros((h, w, 6), np.float32)
-    for k in range(2):
-        mask = trimap2[..., k] > 0
-        if not mask.any():
-            continue  # empty mask: its three channels stay 0 (official)
-        d2 = ndimage.distance_transform_edt(~mask) ** 2
-        for j, sigma in enumerate(GAUSS_TRIMAP_SIGMAS):
-            out[..., 3 * k + j] = np.exp(-d2 / (2.0 * sigma * sigma))
-    return out
 
 
 class MattingCollate:
@@ -77,7 +57,7 @@ class MattingCollate:
                 tri = np.asarray(s["trimap"])[0].astype(np.uint8)
                 two = trimap_two_channel(tri)
                 t2.append(two.transpose(2, 0, 1))
-                tg.append(gaussian_trimap_deterministic(two).transpose(2, 0, 1))
+                tg.append(trimap_gaussian(two, distance="scipy").transpose(2, 0, 1))
             batch["trimap2"] = torch.from_numpy(np.stack(t2))
             batch["trimap_gauss"] = torch.from_numpy(np.stack(tg))
         return batch

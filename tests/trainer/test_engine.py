@@ -184,13 +184,12 @@ def test_snapshot_contents_and_last_pointer(tmp_path):
 
 def test_deterministic_gaussian_trimap_matches_backend_encoding():
     from backend.processing import trimap_gaussian, trimap_two_channel
-    from trainer.tasks import gaussian_trimap_deterministic
 
     tri = ToyMattingDataset(1, 64, 1)[0]["trimap"][0].numpy().astype(np.uint8)
     two = trimap_two_channel(tri)
-    ours = gaussian_trimap_deterministic(two)
+    ours = trimap_gaussian(two, distance="scipy")
     np.testing.assert_allclose(ours, trimap_gaussian(two), atol=1e-5)
-    assert np.array_equal(ours, gaussian_trimap_deterministic(two))
+    assert np.array_equal(ours, trimap_gaussian(two, distance="scipy"))
 
 
 def test_sampler_resumes_and_shards():
