@@ -152,29 +152,43 @@ _TRITON_KERNEL = None
 _TRITON_BROKEN = False
 
 
-def _triton_row_envelope(g2: torch.Tensor, radius: int) -> torch.Tensor:
-    """Triton version of ``_row_envelope_torch``: one program per (row, block of columns), a
-    BLOCK_J×BLOCK_K tile of candidates reduced with min — brute force but fused, int32 exact."""
+def _triton_row_envelope(g2: torch.Tensor, radius: int, exact_float: bool = False) -> torch.Tensor:
+    """Triton version of ``_row_envelope_torch``: one program per (row, block of columns); a
+    BLOCK_J×BLOCK_K accumulator of candidate minima updated element-wise (no cross-lane reduction inside
+    the loop), reduced once at the end. ``exact_float``: all values < 2^24, so FP32 arithmetic (FADD+FFMA
+    at twice the int32 rate on Hopper) is exact."""
     global _TRITON_KERNEL
     import triton
     import triton.language as tl
 
     if _TRITON_KERNEL is None:
         @triton.jit
-        def _kernel(g_ptr, out_ptr, W, R, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr):
+        def _kernel(g_ptr, out_ptr, W, R, BLOCK_J: tl.constexpr, BLOCK_K: tl.constexpr, USE_FLOAT: tl.constexpr):
             row = tl.program_id(0)
             jb = tl.program_id(1)
             j = jb * BLOCK_J + tl.arange(0, BLOCK_J)
             jmask = j < W
             base = row.to(tl.int64) * W
-            best = tl.load(g_ptr + base + j, mask=jmask, other=1 << 30)
+            own = tl.load(g_ptr + base + j, mask=jmask, other=1 << 30)
             k_lo = tl.maximum(jb * BLOCK_J - R, 0)
             k_hi = tl.minimum(jb * BLOCK_J + BLOCK_J + R, W)
-            for k0 in range(k_lo, k_hi, BLOCK_K):
-                k = k0 + tl.arange(0, BLOCK_K)
-                gk = tl.load(g_ptr + base + k, mask=k < k_hi, other=1 << 30)
-                d = j[:, None] - k[None, :]
-                best = tl.minimum(best, tl.min(gk[None, :] + d * d, axis=1))
+            if USE_FLOAT:
+                jf = j.to(tl.float32)
+                acc = tl.full((BLOCK_J, BLOCK_K), 1073741824.0, tl.float32)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    k = k0 + tl.arange(0, BLOCK_K)
+                    gk = tl.load(g_ptr + base + k, mask=k < k_hi, other=1 << 30).to(tl.float32)
+                    d = jf[:, None] - k.to(tl.float32)[None, :]
+                    acc = tl.minimum(acc, d * d + gk[None, :])
+                best = tl.minimum(own, tl.min(acc, axis=1).to(tl.int32))
+            else:
+                acc = tl.full((BLOCK_J, BLOCK_K), 1 << 30, tl.int32)
+                for k0 in range(k_lo, k_hi, BLOCK_K):
+                    k = k0 + tl.arange(0, BLOCK_K)
+                    gk = tl.load(g_ptr + base + k, mask=k < k_hi, other=1 << 30)
+                    d = j[:, None] - k[None, :]
+                    acc = tl.minimum(acc, d * d + gk[None, :])
+                best = tl.minimum(own, tl.min(acc, axis=1))
             tl.store(out_ptr + base + j, best, mask=jmask)
 
         _TRITON_KERNEL = _kernel
@@ -183,7 +197,8 @@ def _triton_row_envelope(g2: torch.Tensor, radius: int) -> torch.Tensor:
     w = g2.shape[-1]
     rows = g2.numel() // w
     block_j = 64
-    _TRITON_KERNEL[(rows, triton.cdiv(w, block_j))](g2, out, w, min(radius, w), BLOCK_J=block_j, BLOCK_K=64)
+    _TRITON_KERNEL[(rows, triton.cdiv(w, block_j))](g2, out, w, min(radius, w), BLOCK_J=block_j, BLOCK_K=64,
+                                                   USE_FLOAT=exact_float)
     return out
 
 
@@ -219,18 +234,20 @@ def edt_sq(mask: torch.Tensor, *, radius: int | None = None, method: str = "auto
     r = m.shape[-1] if radius is None else radius
     if radius is not None:
         g2 = g2.clamp_(max=(radius + 1) ** 2)
+    # Candidates are ≤ (radius+1)² + (radius+64)² after the clamp: exact in FP32 below 2^24.
+    fp32_exact = radius is not None and (radius + 1) ** 2 + (radius + 64) ** 2 < 2**24
     global _TRITON_BROKEN
     if method == "auto":
         method = "triton" if triton_available(m.device) and not _TRITON_BROKEN else "torch"
         if method == "triton":
             try:
-                d2 = _triton_row_envelope(g2, r)
+                d2 = _triton_row_envelope(g2, r, exact_float=fp32_exact)
                 return d2[0] if squeeze else d2
             except Exception as exc:  # noqa: BLE001 — a Triton/driver mismatch must not take inference down
                 _TRITON_BROKEN = True
                 logging.getLogger(__name__).warning("Triton distance transform failed (%s); using torch", exc)
                 method = "torch"
-    d2 = _triton_row_envelope(g2, r) if method == "triton" else _row_envelope_torch(g2, r)
+    d2 = _triton_row_envelope(g2, r, exact_float=fp32_exact) if method == "triton" else _row_envelope_torch(g2, r)
     return d2[0] if squeeze else d2
 
 

@@ -72,6 +72,9 @@ def test_triton_edt_kernel_in_interpreter() -> None:
         "    d2 = P.edt_sq(torch.from_numpy(m), method='triton').numpy()\n"
         "    ref = cv2.distanceTransform((~m).astype(np.uint8) * 255, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)\n"
         "    assert np.array_equal(np.rint(ref.astype(np.float64) ** 2).astype(np.int64), d2), (h, w)\n"
+        "    for r in (20, 740):  # the FP32 kernel variant (radius-clamped) against the torch path\n"
+        "        t = torch.from_numpy(m)\n"
+        "        assert torch.equal(P.edt_sq(t, radius=r, method='triton'), P.edt_sq(t, radius=r, method='torch'))\n"
         "print('ok')\n")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
