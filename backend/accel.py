@@ -9,6 +9,7 @@ folded network equals the original up to FP32 rounding (~1e-6 relative); the off
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -76,7 +77,7 @@ def _freeze_ws(conv: WSConv2d) -> nn.Conv2d:
 
 def _sequential_pairs(seq: nn.Sequential) -> Iterator[tuple[str, str]]:
     names = list(seq._modules)
-    for a, b in zip(names, names[1:]):
+    for a, b in itertools.pairwise(names):
         if isinstance(seq._modules[a], nn.Conv2d) and isinstance(seq._modules[b], nn.BatchNorm2d):
             yield a, b
 

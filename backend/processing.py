@@ -374,7 +374,7 @@ def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[Tile]:
             return [0]
         count = int(np.ceil((n - overlap) / (tile - overlap)))
         last = n - tile
-        return sorted({int(round(i * last / (count - 1) / STRIDE)) * STRIDE for i in range(count)})
+        return sorted({round(i * last / (count - 1) / STRIDE) * STRIDE for i in range(count)})
 
     return [Tile(y, min(y + tile, h), x, min(x + tile, w)) for y in starts(h) for x in starts(w)]
 

@@ -43,9 +43,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import processing  # noqa: E402
-from backend.models.registry import build_model  # noqa: E402
-from backend.predictor import MattingPredictor  # noqa: E402
+from backend import processing
+from backend.models.registry import build_model
+from backend.predictor import MattingPredictor
 
 GIB = 2**30
 T_START = time.perf_counter()
@@ -92,7 +92,7 @@ def calibrate_weights(sim: nn.Module, clf: nn.Module, dev: torch.device, size: i
     ph, pw = processing.official_padding(size, size)
     x = processing.build_inputs(processing.pad_reflect(image.astype(np.float32) / 255, ph, pw),
                                 processing.pad_reflect(trimap, ph, pw), dev)
-    two = lambda t: torch.cat([t, t.flip(-1)])  # noqa: E731 — batch of 2: the ASPP pooling BN needs > 1 value
+    two = lambda t: torch.cat([t, t.flip(-1)])
     bns = [m for m in list(sim.modules()) + list(clf.modules()) if isinstance(m, nn.BatchNorm2d)]
     for m in bns:
         m.reset_running_stats()

@@ -23,8 +23,8 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.models.registry import build_model  # noqa: E402
-from backend.predictor import MattingPredictor  # noqa: E402
+from backend.models.registry import build_model
+from backend.predictor import MattingPredictor
 
 HELD_OUT = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
 DATA = (REPO / ".." / "shared" / "data" / "alphamatting").resolve()

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend import processing  # noqa: E402
-from backend.models.registry import build_model  # noqa: E402
-from backend.predictor import MattingPredictor  # noqa: E402
-from backend.semantic_trimap import semantic_trimap  # noqa: E402
+from backend import processing
+from backend.models.registry import build_model
+from backend.predictor import MattingPredictor
+from backend.semantic_trimap import semantic_trimap
 
 # Reference measured for the official SIM code (random weights, FP32, its full pipeline), from issue 3.
 OFFICIAL_H200 = {512: "0.075–0.089 s / 0.75 GiB", 1024: "0.35–0.38 s / 2.05 GiB", 2048: "1.96–2.10 s / 7.26 GiB"}

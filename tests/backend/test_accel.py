@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def test_triton_edt_kernel_in_interpreter() -> None:
         "        assert torch.equal(P.edt_sq(t, radius=r, method='triton'), P.edt_sq(t, radius=r, method='torch'))\n"
         "print('ok')\n")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
@@ -165,9 +166,9 @@ def test_memory_estimate_monotone_and_calibrated() -> None:
     pred = MattingPredictor(build_model("sim_lite"), build_model("classifier_lite"), device="cpu")
     sizes = [128, 256, 512, 1024, 2048]
     act = [pred.estimate_memory_gb(s, s) for s in sizes]
-    assert all(a < b for a, b in zip(act, act[1:]))
+    assert all(a < b for a, b in itertools.pairwise(act))
     peak = [pred.estimate_peak_gb(s, s, tile=0) for s in sizes]
-    assert all(a < b for a, b in zip(peak, peak[1:]))
+    assert all(a < b for a, b in itertools.pairwise(peak))
     # Tiling bounds the prediction: a huge image with a small budget stays far below the untiled one.
     pred.memory_budget_gb = 0.5
     assert pred.estimate_peak_gb(4096, 4096) < pred.estimate_peak_gb(4096, 4096, tile=0) / 2
@@ -197,7 +198,7 @@ def test_memory_estimate_within_2x_of_measured_rss() -> None:
         "with torch.no_grad(): p._forward(net, x, smap, False)\n"
         "print(json.dumps([st('VmHWM') - base, p.estimate_memory_gb(s, s)]))\n")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)},
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     measured, estimate = (float(v) for v in out.stdout.strip().splitlines()[-1].strip("[]").split(","))
     assert measured / 2 <= estimate <= measured * 2, (measured, estimate)
