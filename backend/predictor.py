@@ -23,8 +23,14 @@ from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_in
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import TRIMAP_UNKNOWN
-from backend.semantic_trimap import (WINDOW_SIZES, class_shares, default_batch_pixels, override_semantic_trimap,
-                                     semantic_trimap, window_has_unknown)
+from backend.semantic_trimap import (
+    WINDOW_SIZES,
+    class_shares,
+    default_batch_pixels,
+    override_semantic_trimap,
+    semantic_trimap,
+    window_has_unknown,
+)
 
 log = logging.getLogger(__name__)
 
