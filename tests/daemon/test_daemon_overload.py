@@ -15,10 +15,17 @@ from conftest import child_env, rss_mb, sample
 
 @pytest.mark.timeout(90)
 def test_exact_busy_count_when_queue_full(daemon):
-    d = daemon("--queue-size", "4", handler="daemon_handlers:slow", env=child_env(SLOW_MS="1000"))
+    d = daemon("--queue-size", "4", handler="daemon_handlers:slow", env=child_env(SLOW_MS="1500"))
     image, trimap = sample()
     with Client(d.endpoint) as c:
-        ids = [c.submit(P.MATTE, {"image": image, "trimap": trimap}) for _ in range(5)]  # 1 running + 4 queued
+        # Start one job and wait until the broker reports it running, then fill the queue: exactly 4 queued.
+        started: list[str] = []
+        ids = [c.submit(P.MATTE, {"image": image, "trimap": trimap}, progress=lambda stage, done: started.append(stage))]
+        deadline = time.monotonic() + 10
+        while "running" not in started and time.monotonic() < deadline:
+            c.wait_any(0.05)
+        assert "running" in started
+        ids += [c.submit(P.MATTE, {"image": image, "trimap": trimap}) for _ in range(4)]
         c.wait_any(0.3)
         busy = []
         for _ in range(3):
