@@ -66,7 +66,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = MattingPredictor.from_pretrained(args.weights, args.classifier, device="cpu")
     info = predictor.info()
-    lines = [f"# Default model evaluation report\n",
+    lines = ["# Default model evaluation report\n",
              f"Model `{info['model']}` + `{info['classifier_arch']}` ({info.get('trained_steps', '?')} matting steps), "
              f"CPU, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
              "Predictions quantised to 8 bits, known regions forced; metrics as the DIM MATLAB code "

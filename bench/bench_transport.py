@@ -27,7 +27,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import protocol as P  # noqa: E402
 from backend.client import Client, ServerError  # noqa: E402
 
 
@@ -128,7 +127,7 @@ def main() -> int:
     mib = (args.size ** 2 * 5 + args.size ** 2 * 4) / 2**20
     print(f"machine: {os.cpu_count()} CPUs; request {args.size}x{args.size} RGBA u8 + trimap, reply alpha f32 "
           f"({mib:.1f} MiB per round trip)\n")
-    print(f"| transport | p50 ms | p95 ms | mean ms |\n|---|---|---|---|")
+    print("| transport | p50 ms | p95 ms | mean ms |\n|---|---|---|---|")
     for name, bind in (("ipc", None), ("tcp loopback", f"tcp://127.0.0.1:{_free_port()}")):
         d = Daemon("--handler", "bench_transport:zeros", bind=bind)
         try:

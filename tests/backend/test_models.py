@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from backend.models.registry import build_model, list_models
 from backend.models.layers import WSConv2d
+from backend.models.registry import build_model, list_models
 
 
 def _inputs(n: int = 2, h: int = 64, w: int = 48, c: int = 20) -> tuple[torch.Tensor, ...]:

@@ -11,11 +11,17 @@ import time
 import numpy as np
 import pytest
 import zmq
+from conftest import REPO, child_env, free_port, sample
 
 from backend import protocol as P
-from backend.client import (BadRequest, Busy, Cancelled, Client, DeadlineExceeded, Unavailable,
-                            matte_via_server)
-from conftest import REPO, child_env, free_port, sample, wait_ready
+from backend.client import (
+    BadRequest,
+    Cancelled,
+    Client,
+    DeadlineExceeded,
+    Unavailable,
+    matte_via_server,
+)
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, child_env, sample
 from PIL import Image
 
 from backend.batch import discover, run_batch
-from conftest import REPO, child_env, sample
 
 pytestmark = pytest.mark.timeout(90)
 

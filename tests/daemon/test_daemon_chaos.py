@@ -10,10 +10,10 @@ import threading
 import time
 
 import pytest
+from conftest import child_env, free_port, sample, wait_ready
 
 from backend import protocol as P
 from backend.client import Client, ServerError
-from conftest import child_env, free_port, sample, wait_ready
 
 
 @pytest.mark.slow

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import zmq.auth
+from conftest import REPO, child_env, free_port, sample, wait_ready
 
 from backend.client import Client, CurveClientKeys, Unavailable
-from conftest import REPO, child_env, free_port, sample, wait_ready
 
 pytestmark = pytest.mark.timeout(90)
 

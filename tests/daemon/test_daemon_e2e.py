@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import sample
 
 from backend.client import Client, matte_via_server
-from conftest import sample
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,10 +9,10 @@ import time
 import msgpack
 import pytest
 import zmq
+from conftest import rss_mb, sample
 
 from backend import protocol as P
 from backend.client import Client
-from conftest import rss_mb, sample
 
 N_MESSAGES = 100_000
 

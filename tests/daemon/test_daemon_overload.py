@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 import zmq
+from conftest import child_env, rss_mb, sample
 
 from backend import protocol as P
 from backend.client import Busy, Client
-from conftest import child_env, rss_mb, sample
 
 
 @pytest.mark.timeout(90)

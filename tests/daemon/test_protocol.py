@@ -9,9 +9,9 @@ import sys
 import msgpack
 import numpy as np
 import pytest
+from conftest import REPO, child_env, sample
 
 from backend import protocol as P
-from conftest import REPO, child_env, sample
 
 
 def frames_for(kind="matte", arrays=None, **header):
