@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
@@ -37,3 +38,14 @@ def make_example(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, 
     trimap[alpha == 0] = 0
     trimap[alpha == 1] = 255
     return image, trimap, alpha
+
+
+def randomise_bn(model: torch.nn.Module, seed: int) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so folding / loading tests see real BN."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)

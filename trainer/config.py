@@ -17,6 +17,8 @@ from typing import Any
 
 import tomllib
 
+from trainer.losses import LossWeights
+
 TASKS = ("classifier", "discriminator", "matting")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw", "radam", "sgd")
@@ -75,16 +77,8 @@ class ScheduleConfig:
 
 
 @dataclass
-class LossConfig:
-    # Total L = Lα + 0.2(L_FB + L_f + L_g + L_e) + 0.1 L_c (paper); Lα = alpha + comp + lap.
-    alpha: float = 1.0
-    comp: float = 1.0
-    lap: float = 1.0
-    fb: float = 0.2
-    feat: float = 0.2
-    grad: float = 0.2
-    excl: float = 0.2
-    cls: float = 0.1
+class LossConfig(LossWeights):
+    # The term weights come from trainer.losses.LossWeights (one definition); these choose term variants.
     gradient_form: str = "paper"  # paper | code (trainer.losses.gradient_loss)
     disc_input: str = "fg_alpha"  # fg_alpha (official) | alpha (paper figure)
     cls_target: str = "soft"  # soft | label | bce (trainer.losses.classification_loss)

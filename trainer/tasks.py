@@ -9,6 +9,7 @@ the classifier sees [ImageNet-normalised image, trimap/255] (ref §2.2), the dis
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Iterable
@@ -225,7 +226,7 @@ class MattingTask(Task):
         super().__init__(cfg, device)
         lc = cfg.loss
         self.loss = SIMLoss(
-            LossWeights(lc.alpha, lc.comp, lc.lap, lc.fb, lc.feat, lc.grad, lc.excl, lc.cls),
+            LossWeights(**{f.name: getattr(lc, f.name) for f in dataclasses.fields(LossWeights)}),
             gradient_form=lc.gradient_form,
             disc_input=lc.disc_input,
             cls_target=lc.cls_target,

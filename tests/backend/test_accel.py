@@ -17,7 +17,7 @@ from backend import processing as P
 from backend.accel import aspp_forward, fold_batchnorm, inference_copy, sim_inference_forward, sim_layer4
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
-from tests.conftest import make_example
+from tests.conftest import make_example, randomise_bn
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -94,16 +94,6 @@ def test_gaussian_encoding_torch_equals_opencv_path() -> None:
     assert not empty.any()
 
 
-def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-
-
 def _sim_args(h: int = 64, w: int = 96, c: int = 20) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(7)
     return (torch.rand(1, 3, h, w, generator=g), torch.randn(1, 3, h, w, generator=g), torch.rand(1, 2, h, w, generator=g),
@@ -114,7 +104,7 @@ def _sim_args(h: int = 64, w: int = 96, c: int = 20) -> tuple[torch.Tensor, ...]
 def test_bn_folding_is_exact_algebra(name: str) -> None:
     torch.manual_seed(0)
     model = build_model(name)
-    _randomise_bn(model, 1)
+    randomise_bn(model, 1)
     model.eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = inference_copy(model, fold_bn=True)
@@ -134,7 +124,7 @@ def test_bn_folding_is_exact_algebra(name: str) -> None:
 def test_bn_folding_classifier_and_channels_last() -> None:
     torch.manual_seed(0)
     clf = build_model("classifier_lite")
-    _randomise_bn(clf, 2)
+    randomise_bn(clf, 2)
     clf.eval()
     fast = inference_copy(clf, fold_bn=True, channels_last=True)
     assert fold_batchnorm(build_model("classifier_tiny")) > 0
@@ -149,8 +139,8 @@ def test_bn_folding_classifier_and_channels_last() -> None:
 def test_optimised_predictor_equals_plain_and_device_path() -> None:
     torch.manual_seed(0)
     sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
-    _randomise_bn(sim, 3)
-    _randomise_bn(clf, 4)
+    randomise_bn(sim, 3)
+    randomise_bn(clf, 4)
     image, trimap, _ = make_example(100, 140)
     plain = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap, want_semantic=True)
     fast = MattingPredictor(sim, clf, device="cpu").predict(image, trimap, want_semantic=True)
@@ -209,7 +199,7 @@ def test_lean_forward_is_bitwise_the_model_forward(aux: bool) -> None:
     """The predictor's memory-lean forward must stay the same function as SIMNet.forward (drift guard)."""
     torch.manual_seed(0)
     model = build_model("sim_tiny")
-    _randomise_bn(model, 5)
+    randomise_bn(model, 5)
     model.eval()
     args = _sim_args()
     with torch.no_grad():
@@ -240,7 +230,7 @@ def test_tile_cores_partition_the_image() -> None:
 def test_whole_image_context_for_tiles() -> None:
     torch.manual_seed(0)
     sim = build_model("sim_tiny")
-    _randomise_bn(sim, 6)
+    randomise_bn(sim, 6)
     sim.eval()
     aspp = sim.decoder.global_module
     x = torch.randn(1, 32, 12, 17)
@@ -273,8 +263,8 @@ def test_gpu_edt_triton_equals_opencv(rng: np.random.Generator) -> None:
 def test_gpu_fast_paths_match_eager() -> None:
     torch.manual_seed(0)
     sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
-    _randomise_bn(sim, 3)
-    _randomise_bn(clf, 4)
+    randomise_bn(sim, 3)
+    randomise_bn(clf, 4)
     image, trimap, _ = make_example(136, 200)
     ref = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap).alpha
     for kw in ({}, {"cuda_graphs": True}, {"gpu_preprocess": False}, {"channels_last": False}):

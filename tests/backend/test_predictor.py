@@ -15,16 +15,7 @@ from backend.cli import main
 from backend.models.registry import build_model
 from backend.models.weights import WeightsError, load_weights, save_checkpoint
 from backend.predictor import MattingPredictor
-from tests.conftest import make_example
-
-
-def _randomise_bn(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
+from tests.conftest import make_example, randomise_bn
 
 
 @pytest.fixture
@@ -104,8 +95,8 @@ def test_own_checkpoint_roundtrip_fp16(tmp_path: Path) -> None:
 def _official_files(tmp_path: Path) -> tuple[Path, Path, torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(3)
     sim, clf = build_model("sim_r50"), build_model("classifier_r50")
-    _randomise_bn(sim, 1)
-    _randomise_bn(clf, 2)
+    randomise_bn(sim, 1)
+    randomise_bn(clf, 2)
     wpath, cpath = tmp_path / "ckpt_best.pth", tmp_path / "classifier_resnet50_best.pth.tar"
     torch.save({"epoch": 30, "state_dict": sim.state_dict(), "best_sad": 27.7}, wpath)
     torch.save({"state_dict": {f"module.{k}": v for k, v in clf.state_dict().items()}}, cpath)
@@ -126,7 +117,7 @@ def _official_reference(image_u8: np.ndarray, trimap: np.ndarray, sim: torch.nn.
             d = cv2.distanceTransform(((1 - t2[..., k]) * 255).astype(np.uint8), cv2.DIST_L2, 0) ** 2
             for j, s in enumerate((0.02, 0.08, 0.16)):
                 clicks[..., 3 * k + j] = np.exp(-d / (2 * (s * 320) ** 2))
-    T = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None]  # noqa: E731
+    T = lambda a: torch.from_numpy(a.transpose(2, 0, 1).copy())[None]
     image = T(img)
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     image_n = (image - mean) / std
