@@ -27,13 +27,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.client import Client, ServerError  # noqa: E402
+from backend.client import Client, ServerError
 
 
 def zeros(job):
     """Handler that only allocates the reply: measures the transport, not the model."""
     h, w = job.arrays["image"].shape[:2]
-    return {"alpha": np.zeros((h, w), np.float32)}, {}
+    # Honour the requested reply dtype like the real worker (u1 = what an 8-bit mask needs).
+    dtype = np.uint8 if job.options.get("alpha_dtype") == "u1" else np.float32
+    return {"alpha": np.zeros((h, w), dtype)}, {}
 
 
 zeros.info = lambda: {"model": "zeros", "device": "cpu"}
@@ -77,7 +79,7 @@ class Daemon:
         self.tmp.cleanup()
 
 
-def round_trips(endpoint: str, size: int, n: int) -> np.ndarray:
+def round_trips(endpoint: str, size: int, n: int, alpha_dtype: str = "f4") -> np.ndarray:
     rng = np.random.default_rng(0)
     rgba = rng.integers(0, 256, (size, size, 4), dtype=np.uint8)
     trimap = np.full((size, size), 128, np.uint8)
@@ -85,7 +87,7 @@ def round_trips(endpoint: str, size: int, n: int) -> np.ndarray:
     with Client(endpoint) as c:
         for i in range(n + 5):
             t0 = time.perf_counter()
-            reply = c.matte(rgba, trimap, timeout=30)
+            reply = c.matte(rgba, trimap, timeout=30, alpha_dtype=alpha_dtype)
             dt = time.perf_counter() - t0
             assert reply["alpha"].shape == (size, size)
             if i >= 5:  # warm-up
@@ -124,17 +126,18 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput point")
     parser.add_argument("--skip-model", action="store_true")
     args = parser.parse_args()
-    mib = (args.size ** 2 * 5 + args.size ** 2 * 4) / 2**20
-    print(f"machine: {os.cpu_count()} CPUs; request {args.size}x{args.size} RGBA u8 + trimap, reply alpha f32 "
-          f"({mib:.1f} MiB per round trip)\n")
-    print("| transport | p50 ms | p95 ms | mean ms |\n|---|---|---|---|")
+    print(f"machine: {os.cpu_count()} CPUs; request {args.size}x{args.size} RGBA u8 + trimap through broker + worker\n")
+    print("| transport | alpha reply | MiB per round trip | p50 ms | p95 ms | mean ms |\n|---|---|---|---|---|---|")
     for name, bind in (("ipc", None), ("tcp loopback", f"tcp://127.0.0.1:{_free_port()}")):
         d = Daemon("--handler", "bench_transport:zeros", bind=bind)
         try:
-            ms = round_trips(d.endpoint, args.size, args.n)
+            for alpha_dtype, nbytes in (("f4", 4), ("u1", 1)):
+                ms = round_trips(d.endpoint, args.size, args.n, alpha_dtype)
+                mib = args.size ** 2 * (5 + nbytes) / 2**20
+                print(f"| {name} | {alpha_dtype} | {mib:.1f} | {np.percentile(ms, 50):.2f} | "
+                      f"{np.percentile(ms, 95):.2f} | {ms.mean():.2f} |", flush=True)
         finally:
             d.stop()
-        print(f"| {name} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 95):.2f} | {ms.mean():.2f} |")
     if args.skip_model:
         return 0
     workers = max(1, min(4, os.cpu_count() or 1))
