@@ -141,9 +141,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from backend import evaluation
 
     predictor = _make_predictor(args)
-    if args.no_semantic:
-        predictor.classifier = None  # ablation: an all-zero semantic trimap
-        predictor.refresh()
     samples = evaluation.find_samples(args.dataset, trimap_set=args.trimap_set)
     if args.held_out:
         samples = [s for s in samples if s.name in evaluation.ALPHAMATTING_HELD_OUT]
@@ -153,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CliError(f"no samples found under {args.dataset}", 3)
 
     def predict(image: Any, trimap: Any, group: str | None) -> Any:
-        return predictor.predict(image, trimap, classes=None).alpha
+        return predictor.predict(image, trimap, semantic=not args.no_semantic).alpha
 
     result = evaluation.evaluate(predict, samples)
     print(evaluation.format_table(result))

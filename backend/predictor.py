@@ -339,7 +339,8 @@ class MattingPredictor:
     @torch.no_grad()
     def predict(self, image: np.ndarray, trimap: np.ndarray, *, classes: Sequence[str] | None = None,
                 want_foreground: bool = False, want_semantic: bool = False, tile: int | None = None,
-                trimap_mode: str | None = None, progress: ProgressFn | None = None) -> MattingResult:
+                trimap_mode: str | None = None, semantic: bool = True,
+                progress: ProgressFn | None = None) -> MattingResult:
         """Matte one image.
 
         Args:
@@ -350,6 +351,7 @@ class MattingPredictor:
             want_semantic: also return the C×H×W semantic trimap and per-class shares.
             tile: per-call override of the predictor's tiling (None = predictor setting).
             trimap_mode: per-call override of "strict" / "tolerant".
+            semantic: False runs with an all-zero semantic trimap (the ablation without the classifier).
             progress: callback(fraction in [0,1], stage name).
         """
         report = progress or (lambda f, s: None)
@@ -378,7 +380,7 @@ class MattingPredictor:
         if classes:
             ids = [self._class_index(c) for c in classes]
             smap = override_semantic_trimap(ids, inputs.trimap, num_classes).to(smap_dtype)
-        elif clf is not None:
+        elif semantic and clf is not None:
             with self._autocast():
                 smap = semantic_trimap(clf, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes,
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,

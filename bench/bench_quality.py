@@ -26,8 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend import evaluation  # noqa: E402
-from backend.predictor import MattingPredictor  # noqa: E402
+from backend import evaluation
+from backend.predictor import MattingPredictor
 
 SHARED = REPO.parent / "shared"
 TARGET_RATIO = 0.8  # goal: mean SAD ≤ 0.8 × closed-form
@@ -42,14 +42,7 @@ def cf_baseline(trimap_set: str) -> dict[str, dict[str, float]]:
 
 
 def run(predictor: MattingPredictor, samples: list, semantic: bool, out_dir: Path | None, title: str):
-    clf = predictor.classifier
-    predictor.classifier = clf if semantic else None
-    predictor.refresh()
-    try:
-        result = evaluation.evaluate(lambda img, tri, group: predictor.predict(img, tri).alpha, samples)
-    finally:
-        predictor.classifier = clf
-        predictor.refresh()
+    result = evaluation.evaluate(lambda img, tri, group: predictor.predict(img, tri, semantic=semantic).alpha, samples)
     if out_dir is not None:
         evaluation.write_report(result, out_dir, title=title)
     return result
@@ -67,10 +60,10 @@ def main() -> None:
     predictor = MattingPredictor.from_pretrained(args.weights, args.classifier, device="cpu")
     info = predictor.info()
     lines = ["# Default model evaluation report\n",
-             f"Model `{info['model']}` + `{info['classifier_arch']}` ({info.get('trained_steps', '?')} matting steps), "
+             (f"Model `{info['model']}` + `{info['classifier_arch']}` ({info.get('trained_steps', '?')} matting steps), "
              f"CPU, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
              "Predictions quantised to 8 bits, known regions forced; metrics as the DIM MATLAB code "
-             "(SAD/1000, MSE×10³, Grad/1000, Conn/1000) on trimap == 128.\n"]
+             "(SAD/1000, MSE×10³, Grad/1000, Conn/1000) on trimap == 128.\n")]
     summary: dict = {}
     alphamatting = SHARED / "data" / "alphamatting"
     for tset in ("trimap1", "trimap2"):

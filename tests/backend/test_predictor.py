@@ -68,6 +68,14 @@ def test_class_override_changes_result(tiny_predictor: MattingPredictor) -> None
     assert not np.array_equal(a, b)
 
 
+def test_semantic_off_equals_no_classifier(tiny_predictor: MattingPredictor) -> None:
+    image, trimap, _ = make_example()
+    off = tiny_predictor.predict(image, trimap, semantic=False).alpha
+    bare = MattingPredictor(tiny_predictor.model, None, device="cpu").predict(image, trimap).alpha
+    np.testing.assert_array_equal(off, bare)
+    assert not np.array_equal(off, tiny_predictor.predict(image, trimap).alpha)
+
+
 def test_tiled_matches_untiled_on_small_net(tiny_predictor: MattingPredictor) -> None:
     image, trimap, _ = make_example(320, 400)
     full = tiny_predictor.predict(image, trimap, tile=0)
