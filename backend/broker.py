@@ -2,7 +2,9 @@
 
 One thread, one poll loop. Requests are validated here (cheaply, before they are queued), kept in two
 bounded FIFO queues (interactive before batch), dispatched to the least-recently-used idle worker and
-answered by that worker through the broker. Heartbeats both ways, deadlines, de-duplication by id,
+answered by that worker through the broker. A worker announces how many jobs it holds at once
+(``slots``: 1 for a plain worker; more for a GPU worker that batches small queued requests), and the
+broker keeps up to that many on it. Heartbeats both ways, deadlines, de-duplication by id,
 re-queue-once on worker death, cancellation and draining live here; pixels are never copied (frames
 are forwarded as received).
 """
@@ -24,6 +26,7 @@ from backend import protocol as P
 log = logging.getLogger(__name__)
 
 SERVER_VERSION = "0.1.0"
+MAX_SLOTS = 64  # cap on a worker's announced capacity
 MAX_ATTEMPTS = 2  # a request on a worker that dies is re-queued once, then failed
 CACHE_TTL = 120.0  # seconds a finished reply is kept for retries of the same id
 CACHE_BYTES = 64 * 1024 * 1024
@@ -53,10 +56,19 @@ class _Worker:
     identity: bytes
     info: dict
     expiry: float
-    job: _Job | None = None
+    jobs: dict[str, _Job] = field(default_factory=dict)  # held by the worker (running or in its queue)
     leaving: bool = False
     pid: int | None = None
     jobs_done: int = 0
+
+    @property
+    def slots(self) -> int:
+        slots = self.info.get("slots", 1)
+        return max(1, min(MAX_SLOTS, slots)) if isinstance(slots, int) else 1
+
+    @property
+    def has_room(self) -> bool:
+        return not self.leaving and len(self.jobs) < self.slots
 
     @property
     def model(self) -> str | None:
@@ -110,7 +122,7 @@ class Broker:
         self.queues: dict[str, collections.deque[_Job]] = {p: collections.deque() for p in P.PRIORITIES}
         self.jobs: dict[str, _Job] = {}  # queued or running, by id
         self.workers: dict[bytes, _Worker] = {}
-        self.idle: collections.deque[bytes] = collections.deque()  # LRU: left = longest idle
+        self.idle: collections.deque[bytes] = collections.deque()  # workers with room; LRU: left = longest waiting
         self.cache: collections.OrderedDict[str, tuple[float, int, list]] = collections.OrderedDict()
         self.cache_bytes = 0
         self.stats: collections.Counter[str] = collections.Counter()
@@ -334,12 +346,13 @@ class Broker:
             return
         if kind == P.BYE:
             worker.leaving = True
-            if worker.job is None:
+            self._not_idle(ident)
+            if not worker.jobs:
                 self._remove_worker(ident, "left")
             return
-        job = worker.job
         req_id = header.get("id")
-        if job is None or job.req.id != req_id:
+        job = worker.jobs.get(req_id) if isinstance(req_id, str) else None
+        if job is None:
             return  # late message for a job the broker already re-assigned or failed
         if kind == P.PROGRESS:
             if not job.answered:
@@ -358,14 +371,13 @@ class Broker:
                                             "device": info.get("device"), "precision": info.get("precision")})
         worker.info = info
         worker.expiry = now + self.config.heartbeat * self.config.liveness
-        if worker.job is not None:  # it re-announced itself: whatever it ran is lost
-            self._requeue(worker.job, "worker re-registered")
-            worker.job = None
-        if ident not in self.idle and not worker.leaving:
+        if worker.jobs:  # it re-announced itself: whatever it held is lost
+            self._requeue_all(worker, "worker re-registered")
+        if ident not in self.idle and worker.has_room:
             self.idle.append(ident)
 
     def _job_done(self, worker: _Worker, job: _Job, header: dict, body: list, now: float) -> None:
-        worker.job = None
+        worker.jobs.pop(job.req.id, None)
         worker.jobs_done += 1
         compute = now - job.started
         self._job_time = 0.8 * self._job_time + 0.2 * compute
@@ -386,21 +398,30 @@ class Broker:
             self._send(self.front, job.client, frames)
         self._cache(job.req.id, frames)
         if worker.leaving:
-            self._remove_worker(worker.identity, "recycled")
-        else:
+            if not worker.jobs:
+                self._remove_worker(worker.identity, "recycled")
+        elif worker.identity not in self.idle:
             self.idle.append(worker.identity)
 
     def _remove_worker(self, ident: bytes, why: str) -> None:
         worker = self.workers.pop(ident, None)
         if worker is None:
             return
+        self._not_idle(ident)
+        log.info("worker removed", extra={"worker": worker.info.get("name"), "why": why})
+        self._requeue_all(worker, f"worker {why}")
+
+    def _not_idle(self, ident: bytes) -> None:
         try:
             self.idle.remove(ident)
         except ValueError:
             pass
-        log.info("worker removed", extra={"worker": worker.info.get("name"), "why": why})
-        if worker.job is not None:
-            self._requeue(worker.job, f"worker {why}")
+
+    def _requeue_all(self, worker: _Worker, why: str) -> None:
+        held = sorted(worker.jobs.values(), key=lambda j: j.received)
+        worker.jobs.clear()
+        for job in reversed(held):  # appendleft in reverse keeps their original order at the front
+            self._requeue(job, why)
 
     def worker_lost(self, pid: int) -> None:
         """The supervisor saw worker process ``pid`` exit: do not wait for missed heartbeats."""
@@ -449,10 +470,10 @@ class Broker:
                     queue.remove(job)
                     self._fail(job, P.E_DEADLINE, "deadline passed while queued")
         for ident, worker in list(self.workers.items()):
-            job = worker.job
-            if job is not None and not job.answered and job.deadline <= now:
-                self._send_worker(ident, {"v": P.PROTOCOL_VERSION, "kind": P.CANCEL, "id": job.req.id})
-                self._fail(job, P.E_DEADLINE, "deadline passed while running", keep_running=True)
+            for job in list(worker.jobs.values()):
+                if not job.answered and job.deadline <= now:
+                    self._send_worker(ident, {"v": P.PROTOCOL_VERSION, "kind": P.CANCEL, "id": job.req.id})
+                    self._fail(job, P.E_DEADLINE, "deadline passed while running", keep_running=True)
             if worker.expiry <= now:
                 self._remove_worker(ident, "missed heartbeats")
         while self.cache:
@@ -478,26 +499,28 @@ class Broker:
             if model is None or self.workers[ident].model == model:
                 self.idle.remove(ident)
                 return ident
-        return None
+        return None  # a worker with room left goes back to the right end in _start: jobs spread over workers
 
     def _start(self, job: _Job, ident: bytes, now: float) -> None:
         worker = self.workers[ident]
         job.attempts += 1
         job.worker = ident
         job.started = now
-        worker.job = job
+        worker.jobs[job.req.id] = job
         header = dict(job.header)
         header["kind"] = P.JOB
         header["job_kind"] = job.req.kind
         header["timeout"] = max(0.001, job.deadline - now)
         header["attempt"] = job.attempts
         if not self._send_worker(ident, header, job.frames):
-            worker.job = None
+            worker.jobs.pop(job.req.id, None)
             job.worker = None
             job.attempts -= 1
             self.queues[job.req.priority].appendleft(job)
             self._remove_worker(ident, "unreachable")
             return
+        if worker.has_room:
+            self.idle.append(ident)
         if not job.answered:
             self._reply(job.client, P.progress_header(job.req.id, "running"))
 
@@ -526,7 +549,7 @@ class Broker:
         return {p: len(q) for p, q in self.queues.items()}
 
     def running(self) -> int:
-        return sum(1 for w in self.workers.values() if w.job is not None)
+        return sum(len(w.jobs) for w in self.workers.values())
 
     def health(self) -> dict:
         return {"live": True, "ready": bool(self.workers) and not self.draining, "workers": len(self.workers),
@@ -537,7 +560,7 @@ class Broker:
         workers = []
         for w in self.workers.values():
             entry = {k: w.info.get(k) for k in ("name", "pid", "host", "model", "version", "device", "precision")}
-            entry.update(busy=w.job is not None, jobs_done=w.jobs_done)
+            entry.update(busy=bool(w.jobs), held=len(w.jobs), slots=w.slots, jobs_done=w.jobs_done)
             workers.append(entry)
         classes = next((w.info.get("classes") for w in self.workers.values() if w.info.get("classes")), None)
         return {

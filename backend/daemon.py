@@ -188,6 +188,8 @@ def _worker_argv(args: argparse.Namespace, device: str, back: str, index: int, c
             argv += [flag, str(value)]
     if threads:
         argv += ["--threads", str(threads)]
+    if args.max_batch is not None:
+        argv += ["--max-batch", str(args.max_batch)]
     if args.max_jobs:
         argv += ["--max-jobs", str(args.max_jobs)]
     if args.max_rss_mb:
@@ -417,6 +419,8 @@ def add_cli(subparsers: Any) -> None:
                    help="largest accepted frame; a peer sending more is disconnected")
     p.add_argument("--reply-cache-mb", type=float, default=64.0,
                    help="memory for finished replies kept for retried request ids")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="small queued requests of one size a worker runs together (default: 8 on GPU, 1 on CPU)")
     p.add_argument("--max-jobs", type=int, default=0, help="recycle a worker after N jobs")
     p.add_argument("--max-rss-mb", type=float, default=0.0, help="recycle a worker above this RSS")
     p.add_argument("--max-gpu-mb", type=float, default=0.0, help="recycle a worker above this GPU memory")

@@ -63,8 +63,9 @@ class MattingResult:
     foreground: np.ndarray | None = None
     semantic: np.ndarray | None = None
     class_shares: dict[str, float] | None = None
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # of the whole call (shared within a batch)
     tiles: int = 1
+    batch: int = 1  # images that shared the forward pass
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -354,22 +355,56 @@ class MattingPredictor:
             semantic: False runs with an all-zero semantic trimap (the ablation without the classifier).
             progress: callback(fraction in [0,1], stage name).
         """
+        return self._predict([image], [trimap], classes=classes, want_foreground=want_foreground,
+                             want_semantic=want_semantic, tile=tile, trimap_mode=trimap_mode, semantic=semantic,
+                             progress=progress)[0]
+
+    @torch.no_grad()
+    def predict_batch(self, images: Sequence[np.ndarray], trimaps: Sequence[np.ndarray], *,
+                      classes: Sequence[str] | None = None, want_foreground: bool = False,
+                      want_semantic: bool = False, trimap_mode: str | None = None, semantic: bool = True,
+                      progress: ProgressFn | None = None) -> list[MattingResult]:
+        """Matte several images of the same size in one pass of each network (the daemon batches small
+        queued requests this way: a GPU is far from full on one small image). Each result equals
+        ``predict`` on that image alone (the semantic trimap is scaled per image); never tiled, so keep
+        batches small enough for ``estimate_peak_gb``. Arguments as in ``predict``."""
+        if not images or len(images) != len(trimaps):
+            raise ValueError(f"need as many trimaps as images (≥ 1), got {len(images)} and {len(trimaps)}")
+        return self._predict(images, trimaps, classes=classes, want_foreground=want_foreground,
+                             want_semantic=want_semantic, tile=0, trimap_mode=trimap_mode, semantic=semantic,
+                             progress=progress)
+
+    def _predict(self, images: Sequence[np.ndarray], trimaps: Sequence[np.ndarray], *,
+                 classes: Sequence[str] | None, want_foreground: bool, want_semantic: bool, tile: int | None,
+                 trimap_mode: str | None, semantic: bool, progress: ProgressFn | None) -> list[MattingResult]:
         report = progress or (lambda f, s: None)
         t0 = time.perf_counter()
-        rgb = as_rgb(image)
-        tri = processing.validate_trimap(np.asarray(trimap), trimap_mode or self.trimap_mode)
-        if rgb.shape[:2] != tri.shape:
-            raise ValueError(f"image is {rgb.shape[1]}×{rgb.shape[0]} but trimap is {tri.shape[1]}×{tri.shape[0]}")
-        h, w = tri.shape
+        rgbs, tris = [], []
+        for image, trimap in zip(images, trimaps):
+            rgb = as_rgb(image)
+            tri = processing.validate_trimap(np.asarray(trimap), trimap_mode or self.trimap_mode)
+            if rgb.shape[:2] != tri.shape:
+                raise ValueError(f"image is {rgb.shape[1]}×{rgb.shape[0]} but trimap is {tri.shape[1]}×{tri.shape[0]}")
+            if tris and tri.shape != tris[0].shape:
+                raise ValueError(f"a batch needs images of one size: {tris[0].shape} and {tri.shape}")
+            rgbs.append(rgb)
+            tris.append(tri)
+        n = len(tris)
+        h, w = tris[0].shape
         ph, pw = processing.official_padding(h, w)
         net, clf = self._networks()
         low = PRECISIONS[self.precision]
-        if self.gpu_preprocess:
-            inputs, tri_dev = self._device_inputs(rgb, tri, ph, pw, low)
-        else:
-            img_p = processing.pad_reflect(as_float_image(rgb), ph, pw)
-            inputs = processing.build_inputs(img_p, processing.pad_reflect(tri, ph, pw), self.device)
-            tri_dev = None
+        parts, tri_devs = [], []
+        for rgb, tri in zip(rgbs, tris):
+            if self.gpu_preprocess:
+                part, tri_dev = self._device_inputs(rgb, tri, ph, pw, low)
+                tri_devs.append(tri_dev)
+            else:
+                img_p = processing.pad_reflect(as_float_image(rgb), ph, pw)
+                part = processing.build_inputs(img_p, processing.pad_reflect(tri, ph, pw), self.device)
+            parts.append(part)
+        inputs = processing.NetworkInputs.cat(parts)
+        del parts
         hp, wp = h + ph, w + pw
         timings = {"preprocess": self._elapsed(t0)}
         report(0.05, "preprocess")
@@ -386,34 +421,37 @@ class MattingPredictor:
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,
                                        channels_last=self.channels_last)
         else:
-            smap = torch.zeros((1, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
+            smap = torch.zeros((n, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
         timings["classifier"] = self._elapsed(t1)
         report(0.25, "semantic trimap")
 
         t2 = time.perf_counter()
         aux = want_foreground and self.foreground_head
-        side = self._pick_tile(hp, wp, tile)
+        side = self._pick_tile(hp, wp, tile) if n == 1 else 0
         alpha_t, fg_t, n_tiles = self._run_matting(net, inputs, smap, side, aux, report)
         timings["matting"] = self._elapsed(t2)
 
         t3 = time.perf_counter()
-        if tri_dev is not None:
-            alpha = np.ascontiguousarray(
-                processing.finalize_alpha_torch(alpha_t[0, 0, :h, :w], tri_dev[0, 0, :h, :w]).cpu().numpy())
-        else:
-            alpha = processing.finalize_alpha(alpha_t[0, 0, :h, :w].float().cpu().numpy(), tri)
-        fg = None
-        if want_foreground:
-            fg = self._foreground(as_float_image(rgb), alpha, fg_t[0, :, :h, :w].float().cpu().numpy()
-                                  .transpose(1, 2, 0) if fg_t is not None else None)
-        result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles)
-        if want_semantic:
-            result.semantic = np.ascontiguousarray(smap[0, :, :h, :w].float().cpu().numpy())
-            result.class_shares = class_shares(smap[:, :, :h, :w].float(), self.classes)
+        results = []
+        for i, (rgb, tri) in enumerate(zip(rgbs, tris)):
+            if tri_devs:
+                alpha = np.ascontiguousarray(
+                    processing.finalize_alpha_torch(alpha_t[i, 0, :h, :w], tri_devs[i][0, 0, :h, :w]).cpu().numpy())
+            else:
+                alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
+            fg = None
+            if want_foreground:
+                fg = self._foreground(as_float_image(rgb), alpha, fg_t[i, :, :h, :w].float().cpu().numpy()
+                                      .transpose(1, 2, 0) if fg_t is not None else None)
+            result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles, batch=n)
+            if want_semantic:
+                result.semantic = np.ascontiguousarray(smap[i, :, :h, :w].float().cpu().numpy())
+                result.class_shares = class_shares(smap[i:i + 1, :, :h, :w].float(), self.classes)
+            results.append(result)
         timings["postprocess"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         report(1.0, "done")
-        return result
+        return results
 
     def _elapsed(self, since: float) -> float:
         # Kernels run asynchronously on a GPU: wait for them so each stage is charged its own time.

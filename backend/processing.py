@@ -7,7 +7,7 @@ Arrays are numpy (H×W[×C]); the torch helpers at the end build the network inp
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -293,9 +293,18 @@ class NetworkInputs:
     trimap_gauss: torch.Tensor
     trimap: torch.Tensor  # N×1×H×W raw 0/128/255 values as float
 
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.image, self.image_n, self.trimap2, self.trimap_gauss, self.trimap)
+
     def crop(self, y0: int, y1: int, x0: int, x1: int) -> NetworkInputs:
-        return NetworkInputs(*(t[..., y0:y1, x0:x1] for t in (self.image, self.image_n, self.trimap2,
-                                                               self.trimap_gauss, self.trimap)))
+        return NetworkInputs(*(t[..., y0:y1, x0:x1] for t in self.tensors()))
+
+    @staticmethod
+    def cat(parts: Sequence[NetworkInputs]) -> NetworkInputs:
+        """Stack equally sized inputs along the batch dimension (one forward pass for several images)."""
+        if len(parts) == 1:
+            return parts[0]
+        return NetworkInputs(*(torch.cat(ts, dim=0) for ts in zip(*(p.tensors() for p in parts))))
 
 
 def normalize_image(image: torch.Tensor) -> torch.Tensor:

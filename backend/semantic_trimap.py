@@ -66,7 +66,7 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
         scatter: accumulate each batch with one index_put_ into pixel-major buffers (the returned map is
             then channels-last strided); None = on CUDA, where per-window slice-adds are launch-bound.
     Returns:
-        N×C×H×W in [0,1]; zero outside trimap == 128.
+        N×C×H×W in [0,1], scaled per image; zero outside trimap == 128.
     """
     n, _, h, w = image_n.shape
     unknown = trimap == TRIMAP_UNKNOWN
@@ -124,8 +124,9 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
     # In place from here: at 8192² one C×H×W float32 map is 5 GiB, a second copy would not fit a budget.
     smap = total.div_(count.clamp_(min=1))
     del count
-    # Global min–max over the whole tensor (all classes, all pixels, uncovered zeros included); no host sync.
-    lo, hi = smap.min(), smap.max()
+    # Global min–max over each image's whole map (all classes, all pixels, uncovered zeros included), so a
+    # batch of images gives each the map it would get alone; no host sync.
+    lo, hi = smap.amin(dim=(1, 2, 3), keepdim=True), smap.amax(dim=(1, 2, 3), keepdim=True)
     span = hi - lo
     smap.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
     smap.mul_(unknown & (span > 0))

@@ -48,17 +48,17 @@ def _free_port() -> int:
 
 
 class Daemon:
-    def __init__(self, *args: str, bind: str | None = None, workers: int = 1) -> None:
+    def __init__(self, *args: str, bind: str | None = None, workers: int = 1, device: str = "cpu") -> None:
         self.tmp = tempfile.TemporaryDirectory()
         rt = os.path.join(self.tmp.name, "rt")
         self.endpoint = bind or f"ipc://{rt}/broker.sock"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "bench")]))
-        argv = [sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", rt, "--device", "cpu",
+        argv = [sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", rt, "--device", device,
                 "--workers", str(workers), "--log-level", "WARNING", *args]
         if bind:
             argv += ["--bind", bind]
         self.proc = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True)
-        end = time.monotonic() + 60
+        end = time.monotonic() + 180  # a GPU worker loads torch and CUDA first
         while time.monotonic() < end:
             try:
                 with Client(self.endpoint, connect_timeout=0.5, retries=0, heartbeat=0.2) as c:

@@ -85,6 +85,28 @@ def test_tiled_matches_untiled_on_small_net(tiny_predictor: MattingPredictor) ->
     assert np.abs(full.alpha - tiled.alpha)[unknown].mean() < 2 / 255
 
 
+def test_predict_batch_equals_one_at_a_time(tiny_predictor: MattingPredictor) -> None:
+    image, trimap, _ = make_example(96, 128)
+    rng = np.random.default_rng(1)
+    images = [image, image[::-1].copy(), rng.integers(0, 256, image.shape, dtype=np.uint8)]
+    trimaps = [trimap, trimap[::-1].copy(), trimap]
+    batch = tiny_predictor.predict_batch(images, trimaps, want_foreground=True, want_semantic=True)
+    assert [r.batch for r in batch] == [3, 3, 3]
+    for img, tri, got in zip(images, trimaps, batch):
+        alone = tiny_predictor.predict(img, tri, want_foreground=True, want_semantic=True)
+        np.testing.assert_allclose(got.alpha, alone.alpha, atol=1e-6)
+        np.testing.assert_allclose(got.foreground, alone.foreground, atol=1e-5)
+        np.testing.assert_allclose(got.semantic, alone.semantic, atol=1e-6)  # scaled per image, not per batch
+        assert got.class_shares == alone.class_shares
+    over = tiny_predictor.predict_batch(images[:2], trimaps[:2], classes=["fur"])
+    np.testing.assert_allclose(over[1].alpha, tiny_predictor.predict(images[1], trimaps[1], classes=["fur"]).alpha,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        tiny_predictor.predict_batch([image, image[:64]], [trimap, trimap[:64]])
+    with pytest.raises(ValueError, match="as many trimaps"):
+        tiny_predictor.predict_batch([image, image], [trimap])
+
+
 def test_own_checkpoint_roundtrip_fp16(tmp_path: Path) -> None:
     m = build_model("sim_tiny", num_classes=3)
     path = save_checkpoint(tmp_path / "m.pt", m, kind="matting", classes=["a", "b", "c"],

@@ -49,3 +49,32 @@ def hang(job):
     """Never returns (watchdog test)."""
     while True:
         time.sleep(1)
+
+
+class _SlowBatch:
+    """``slow`` that batches: same-size jobs share one sleep (a stand-in for one GPU forward pass)."""
+
+    def info(self):
+        return {"model": "slow-batch", "version": "1", "device": "cpu", "precision": "fp32"}
+
+    def batch_key(self, job):
+        return job.arrays["image"].shape[:2]
+
+    def __call__(self, job):
+        return self.run_batch([job])[0]
+
+    def run_batch(self, jobs):
+        total = float(os.environ.get("SLOW_MS", "50")) / 1000.0
+        for i in range(5):
+            time.sleep(total / 5)
+        out = []
+        for job in jobs:
+            try:
+                job.check()
+                out.append(({"alpha": _alpha(job)}, {"handler": "slow-batch", "batch": len(jobs), "pid": os.getpid()}))
+            except Exception as exc:  # cancelled / expired while the batch ran
+                out.append(exc)
+        return out
+
+
+slow_batch = _SlowBatch()
