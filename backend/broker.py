@@ -88,11 +88,11 @@ class BrokerConfig:
     drain_timeout: float = 30.0
 
 
-def _tune_router(sock: zmq.Socket, maxmsgsize: int) -> None:
+def _tune_router(sock: zmq.Socket, maxmsgsize: int, hwm: int = 16) -> None:
     sock.linger = 1000  # let final replies flush on shutdown, never hang forever
     sock.router_mandatory = 1  # unroutable replies raise instead of vanishing silently
-    sock.sndhwm = 16  # HWM counts messages, not bytes: keep it small for image-sized messages
-    sock.rcvhwm = 16
+    sock.sndhwm = hwm  # HWM counts messages, not bytes: keep it small for image-sized messages
+    sock.rcvhwm = hwm
     sock.maxmsgsize = maxmsgsize
     sock.handshake_ivl = 5000
     sock.heartbeat_ivl = 1000
@@ -113,7 +113,9 @@ class Broker:
         self.front = self.ctx.socket(zmq.ROUTER)
         self.back = self.ctx.socket(zmq.ROUTER)
         _tune_router(self.front, self.config.max_frame_bytes)
-        _tune_router(self.back, self.config.max_frame_bytes)
+        # Per worker pipe: up to MAX_SLOTS jobs in one burst (their number, not the HWM, bounds the bytes)
+        # plus heartbeats and cancels; a job send that hit the HWM would count the worker as gone.
+        _tune_router(self.back, self.config.max_frame_bytes, hwm=2 * MAX_SLOTS + 16)
         if front_security is not None:
             front_security.apply(self.front)
         if back_security is not None:

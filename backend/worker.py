@@ -288,6 +288,7 @@ class Worker:
         self.jobs_done = 0
         self._sock: zmq.Socket | None = None
         self._outbox: queue.Queue = queue.Queue()
+        self._backlog: collections.deque = collections.deque()  # final replies the socket could not take yet
         self._active: dict[str, Job] = {}  # jobs this worker holds (running or waiting for the executor)
         self._need_ready = False
         self._leaving = False
@@ -319,8 +320,9 @@ class Worker:
     def _connect(self) -> None:
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
-        sock.sndhwm = 16
-        sock.rcvhwm = 16
+        # Held jobs bound the big messages either way: each sends a result and a few progress messages.
+        sock.sndhwm = 4 * self.slots + 16
+        sock.rcvhwm = 2 * self.slots + 16
         sock.reconnect_ivl = 100
         sock.reconnect_ivl_max = int(RECONNECT_MAX * 1000)
         sock.maxmsgsize = P.MAX_FRAME_BYTES
@@ -338,13 +340,18 @@ class Worker:
             self._sock.close(linger=0)
             self._sock = None
 
-    def _send(self, header: dict, arrays: dict | None = None) -> None:
+    def _send(self, header: dict, arrays: dict | None = None) -> bool:
+        return self._send_frames(P.encode_message(header, arrays))
+
+    def _send_frames(self, frames: list) -> bool:
+        """Send without blocking; False when the pipe is full (HWM) or there is no socket."""
         if self._sock is None:
-            return
+            return False
         try:
-            self._sock.send_multipart(P.encode_message(header, arrays), copy=False, flags=zmq.NOBLOCK)
+            self._sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+            return True
         except zmq.Again:
-            log.debug("broker not reachable, dropped %s", header.get("kind"))
+            return False
 
     def _ready(self) -> None:
         self._send({"v": P.PROTOCOL_VERSION, "kind": P.READY, "worker": self._announce})
@@ -364,6 +371,8 @@ class Worker:
         log.info("worker started", extra={"worker": self.name, "endpoint": self.endpoint, **{
             k: self._announce.get(k) for k in ("model", "device", "precision")}})
         while True:
+            if self._sock is not None:  # wake as soon as a backlogged reply can be sent
+                poller.register(self._sock, zmq.POLLIN | (zmq.POLLOUT if self._backlog else 0))
             events = dict(poller.poll(int(self.heartbeat * 250)))
             now = time.monotonic()
             if events.get(self._wake):
@@ -373,7 +382,7 @@ class Worker:
                     except zmq.Again:
                         break
             self._flush_outbox()
-            if self._sock is not None and events.get(self._sock):
+            if self._sock is not None and events.get(self._sock, 0) & zmq.POLLIN:
                 for _ in range(64):
                     try:
                         frames = self._sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -578,6 +587,14 @@ class Worker:
         return P.result_header(job.id, meta), arrays
 
     def _flush_outbox(self) -> None:
+        """Progress may be dropped when the pipe is full; final replies never are: they wait in the
+        backlog (in order) and go out on a later loop turn, and only then is their job finished."""
+        while self._backlog:
+            job_id, frames = self._backlog[0]
+            if not self._send_frames(frames):
+                return
+            self._backlog.popleft()
+            self._finish_job(job_id)
         while True:
             try:
                 header, arrays = self._outbox.get_nowait()
@@ -585,11 +602,16 @@ class Worker:
                 return
             final = header.pop("__final__", False)
             try:
-                self._send(header, arrays)
+                frames = P.encode_message(header, arrays)
             except P.ProtocolError as exc:  # handler returned something unsendable
-                self._send(P.error_header(header.get("id"), P.E_INTERNAL, f"bad handler output: {exc.message}"))
-            if final:
+                frames = P.encode_message(
+                    P.error_header(header.get("id"), P.E_INTERNAL, f"bad handler output: {exc.message}"))
+            if not final:
+                self._send_frames(frames)  # progress: best effort
+            elif not self._backlog and self._send_frames(frames):
                 self._finish_job(header.get("id"))
+            else:
+                self._backlog.append((header.get("id"), frames))
 
     def _finish_job(self, job_id: str | None) -> None:
         job = self._active.pop(job_id, None) if job_id is not None else None

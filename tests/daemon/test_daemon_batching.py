@@ -80,3 +80,18 @@ def test_sigkill_batch_worker_requeues_every_held_job(daemon):
         replies = [c.result(rid, timeout=60) for rid in ids]
     assert all(r.meta.get("attempt", 1) in (1, 2) for r in replies)
     assert any(r.meta.get("attempt") == 2 for r in replies)
+
+
+def test_burst_of_instant_batched_replies_is_never_dropped(daemon, monkeypatch):
+    # 16 held jobs finishing at once send ~48 messages; progress may be dropped at the HWM, replies never.
+    monkeypatch.setenv("SLOW_MS", "0")
+    d = daemon("--max-batch", "8", handler="daemon_handlers:slow_batch")
+    image, trimap = sample()
+    with Client(d.endpoint, timeout=30) as c:
+        for _ in range(3):
+            ids = [c.submit("matte", {"image": image, "trimap": trimap}, priority="batch") for _ in range(100)]
+            replies = [c.result(rid, timeout=30) for rid in ids]
+            assert all(r["alpha"].shape == trimap.shape for r in replies)
+        assert max(r.meta["batch"] for r in replies) > 1
+        health = c.health()
+    assert health["running"] == 0 and health["workers"] == 1  # nothing stuck, the worker never "vanished"

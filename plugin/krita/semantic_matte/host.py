@@ -116,9 +116,12 @@ def _selection_from_alpha(krita_mod: Any, alpha: bytes, w: int, h: int) -> Any:
 
 
 def add_transparency_mask(krita: Any, krita_mod: Any, t: Target, alpha: bytes, name: str) -> Any:
-    """Alpha -> a new transparency mask on the layer; one undo step removes it."""
+    """Alpha -> a new transparency mask on the layer; one undo step removes it. A mask of the same name
+    from an earlier run is removed first: stacked transparency masks multiply, so a re-run must replace."""
     w, h = t.width, t.height
     doc = t.doc
+    for old in [c for c in t.node.childNodes() if c.type() == "transparencymask" and c.name() == name]:
+        old.remove()
     if hasattr(doc, "createTransparencyMask"):  # Krita >= 5.2
         mask = doc.createTransparencyMask(name)
         t.node.addChildNode(mask, None)

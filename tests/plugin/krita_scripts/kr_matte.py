@@ -74,6 +74,8 @@ def main(*args):
                 Path(out, "U8.image.raw").write_bytes(job.image)
             mask_kids = None
             if hasattr(doc, "createTransparencyMask"):  # Krita >= 5.2: the mask path works without a window
+                # a first run with the inverted matte, then the real one: the re-run replaces the mask
+                host.add_transparency_mask(k, krita, t, bytes(255 - v for v in res.alpha), "Semantic Matte")
                 mask = host.add_transparency_mask(k, krita, t, res.alpha, "Semantic Matte")
                 Path(out, depth + ".mask.raw").write_bytes(bytes(mask.pixelData(0, 0, w, h)))
                 mask_kids = [[c.name(), c.type()] for c in node.childNodes()]
