@@ -104,9 +104,11 @@ def _alpha_wire(alpha: Any, dtype: str) -> Any:
 class PredictorHandler:
     """Runs matte / classify jobs on a ``MattingPredictor``, one at a time or batched."""
 
-    def __init__(self, predictor: Any, batch_max_pixels: int = 1024 * 1024) -> None:
+    def __init__(self, predictor: Any, batch_max_pixels: int = 1024 * 1024,
+                 batch_total_pixels: int = 4 * 1024 * 1024) -> None:
         self.predictor = predictor
         self.batch_max_pixels = batch_max_pixels  # larger images fill the device on their own
+        self.batch_total_pixels = batch_total_pixels  # one forward pass at most this big (device memory)
 
     def info(self) -> dict:
         return dict(self.predictor.info())
@@ -162,24 +164,30 @@ class PredictorHandler:
                 live.append((i, job, self._inputs(job)))
             except Exception as exc:  # noqa: BLE001 — becomes that job's error reply
                 outcomes[i] = exc
-        if live:
-            _, first, (_, _, want_fg, want_semantic) = live[0]
-            try:
-                results = self.predictor.predict_batch([x[2][0] for x in live], [x[2][1] for x in live],
-                                                       classes=first.options.get("classes"),
-                                                       want_foreground=want_fg, want_semantic=want_semantic)
-            except ValueError:
-                results = None
-            for k, (i, job, _) in enumerate(live):
-                try:
-                    if results is None:
-                        outcomes[i] = self(job)
-                        continue
-                    job.progress("done", 1.0)
-                    outcomes[i] = self._reply(job, results[k], want_semantic)
-                except Exception as exc:  # noqa: BLE001
-                    outcomes[i] = exc
+        h, w = jobs[0].arrays["image"].shape[:2]
+        per_pass = max(1, self.batch_total_pixels // (h * w))
+        for start in range(0, len(live), per_pass):
+            self._run_chunk(live[start:start + per_pass], outcomes)
         return [outcomes[i] for i in range(len(jobs))]
+
+    def _run_chunk(self, live: list, outcomes: dict[int, Any]) -> None:
+        """One ``predict_batch`` over (index, job, inputs) triples; on a ValueError each job runs alone."""
+        _, first, (_, _, want_fg, want_semantic) = live[0]
+        try:
+            results = self.predictor.predict_batch([x[2][0] for x in live], [x[2][1] for x in live],
+                                                   classes=first.options.get("classes"),
+                                                   want_foreground=want_fg, want_semantic=want_semantic)
+        except ValueError:
+            results = None
+        for k, (i, job, _) in enumerate(live):
+            try:
+                if results is None:
+                    outcomes[i] = self(job)
+                    continue
+                job.progress("done", 1.0)
+                outcomes[i] = self._reply(job, results[k], want_semantic)
+            except Exception as exc:  # noqa: BLE001
+                outcomes[i] = exc
 
     @staticmethod
     def _reply(job: Job, res: Any, want_semantic: bool) -> tuple[dict[str, Any], dict]:

@@ -95,3 +95,20 @@ def test_burst_of_instant_batched_replies_is_never_dropped(daemon, monkeypatch):
         assert max(r.meta["batch"] for r in replies) > 1
         health = c.health()
     assert health["running"] == 0 and health["workers"] == 1  # nothing stuck, the worker never "vanished"
+
+
+def test_handler_splits_a_batch_by_its_pixel_budget():
+    import time
+
+    from backend.worker import Job, PredictorHandler
+
+    handler = PredictorHandler(in_process_predictor(), batch_total_pixels=2 * 64 * 80)
+    jobs = []
+    for s in range(3):
+        image, trimap = sample(64, 80, seed=s)
+        jobs.append(Job(f"j{s}", "matte", {"image": image, "trimap": trimap}, {}, time.monotonic() + 60))
+    assert len({handler.batch_key(j) for j in jobs}) == 1
+    outcomes = handler.run_batch(jobs)
+    assert [meta["batch"] for _, meta in outcomes] == [2, 2, 1]
+    for job, (arrays, _) in zip(jobs, outcomes):
+        np.testing.assert_array_equal(arrays["alpha"], handler(job)[0]["alpha"])
