@@ -7,6 +7,9 @@ Everything goes through the trainer's public API; each run directory keeps its r
 
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase gpu --device cuda --workers 15
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase cpu-continue --steps 1500
+    python3 models/train_default.py --phase ship --init runs/default/matting/matting.pt --note "..."
+
+``ship`` writes the fp16 copy into backend/weights/ (the classifier file is shipped as is).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.models.weights import load_weights, save_checkpoint
 from trainer.config import load_config
 from trainer.engine import train
+
+SHIPPED = Path(__file__).resolve().parents[1] / "backend" / "weights" / "semantic-matte-matting.pt"
 
 COMMON = ["optim.name=adamw", "optim.weight_decay=1e-4", "schedule.policy=cosine", "data.crop_size=320",
           "run.progress=false", "run.tensorboard=false", "run.log_every=20"]
@@ -35,7 +41,7 @@ def matting(weights: tuple[float, float]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", choices=["gpu", "cpu-continue"], default="gpu")
+    ap.add_argument("--phase", choices=["gpu", "cpu-continue", "ship"], default="gpu")
     ap.add_argument("--out", type=Path, default=Path("runs/default"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=15)
@@ -43,7 +49,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=640, help="matting steps (gpu: 640 at batch 32; cpu: 1500 at batch 8)")
     ap.add_argument("--init", type=Path, default=Path("backend/weights/semantic-matte-matting.pt"))
     ap.add_argument("--classifier", type=Path, default=Path("backend/weights/semantic-matte-classifier.pt"))
+    ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
+    if args.phase == "ship":
+        w = load_weights(args.init, "matting")
+        meta = dict(w.meta, classifier="semantic-matte-classifier.pt", foreground_head=True)
+        if args.note:
+            meta["trained_steps"] = args.note
+        print(save_checkpoint(SHIPPED, w.model, kind="matting", classes=w.classes, meta=meta, half=True))
+        return
     out = [f"run.out_dir={args.out}"]
     if args.phase == "gpu":
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}"]
