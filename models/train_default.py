@@ -7,6 +7,8 @@ Everything goes through the trainer's public API; each run directory keeps its r
 
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase gpu --device cuda --workers 15
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase cpu-continue --steps 1500
+    SEMANTIC_MATTE_DATA=... python3 models/train_default.py --phase gpu-continue --device cuda \
+        --classifier-steps 400 --steps 2000 --out $OUT/runs     # ~8 device-minutes on an H100/H200
     python3 models/train_default.py --phase ship --init runs/default/matting/matting.pt --note "..."
 
 ``ship`` writes the fp16 copy into backend/weights/ (the classifier file is shipped as is).
@@ -41,7 +43,7 @@ def matting(weights: tuple[float, float]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--phase", choices=["gpu", "cpu-continue", "ship"], default="gpu")
+    ap.add_argument("--phase", choices=["gpu", "gpu-continue", "cpu-continue", "ship"], default="gpu")
     ap.add_argument("--out", type=Path, default=Path("runs/default"))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=15)
@@ -66,6 +68,17 @@ def main() -> None:
         run = train(load_config(None, COMMON + matting((0.6, 0.4)) + dev + out + [
             f"model.classifier={clf}", "optim.lr=1e-3", "data.batch_size=32", f"schedule.steps={args.steps}",
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
+    elif args.phase == "gpu-continue":
+        # Both networks continue from the shipped files (or --init / --classifier), the classifier first; a
+        # snapshot every 250 steps, so a device session that ends early still brings a usable run back.
+        dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
+               "run.ckpt_every=250", "run.keep_ckpts=1"]
+        clf = train(load_config(None, COMMON + CLASSIFIER + dev + out + [
+            f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
+            resume=True).export()
+        run = train(load_config(None, COMMON + matting((0.5, 0.5)) + dev + out + [
+            f"model.init={args.init}", f"model.classifier={clf}", "optim.lr=5e-4", "data.batch_size=32",
+            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"]), resume=True)
     else:
         run = train(load_config(None, COMMON + matting((0.3, 0.7)) + out + [
             "run.device=cpu", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
