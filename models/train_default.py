@@ -28,17 +28,26 @@ from trainer.engine import train
 
 SHIPPED = Path(__file__).resolve().parents[1] / "backend" / "weights" / "semantic-matte-matting.pt"
 
-COMMON = ["optim.name=adamw", "optim.weight_decay=1e-4", "schedule.policy=cosine", "data.crop_size=320",
-          "run.progress=false", "run.tensorboard=false", "run.log_every=20"]
-CLASSIFIER = ["task=classifier", "model.arch=classifier_lite", 'data.train=[{kind="synthetic"}]', "optim.lr=1e-3",
-              "data.batch_size=64", "schedule.warmup_steps=20", "run.name=classifier", "run.ckpt_every=0"]
+CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+# The recipe (architectures, data mix, losses, optimiser) is trainer/configs/default_*.toml; these lists
+# change only the budget and the bookkeeping of a short run.
+BUDGET = ["run.progress=false", "run.tensorboard=false", "run.log_every=20", "run.eval_every=0", "data.val=[]"]
+CLASSIFIER = ["optim.lr=1e-3", "data.batch_size=64", "schedule.warmup_steps=20", "run.name=classifier",
+              "run.ckpt_every=0"]
 
 
-def matting(weights: tuple[float, float]) -> list[str]:
-    # Procedural data and the alphamatting training photos (held-out images are refused by the dataset).
-    mix = (f'data.train=[{{kind="mixed", datasets=[{{kind="synthetic"}}, {{kind="alphamatting", split="train"}}], '
-           f'weights=[{weights[0]}, {weights[1]}]}}]')
-    return ["task=matting", "model.arch=sim_lite", mix, "run.name=matting"]
+def classifier_config(overrides: list[str]):
+    return load_config(CONFIGS / "default_classifier_lite.toml", BUDGET + CLASSIFIER + overrides)
+
+
+def matting_config(overrides: list[str], weights: tuple[float, float] | None = None):
+    mix = []
+    if weights is not None:  # another share of procedural data vs the 18 alphamatting training photos
+        mix = [f'data.train=[{{kind="mixed", datasets=[{{kind="synthetic"}}, {{kind="alphamatting", split="train"}}], '
+               f'weights=[{weights[0]}, {weights[1]}]}}]']
+    # no discriminator for these budgets: L_c / L_f off
+    return load_config(CONFIGS / "default_sim_lite.toml",
+                       BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
 
 
 def main() -> None:
@@ -63,9 +72,8 @@ def main() -> None:
     out = [f"run.out_dir={args.out}"]
     if args.phase == "gpu":
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}"]
-        clf = train(load_config(None, COMMON + CLASSIFIER + dev + out
-                                + [f"schedule.steps={args.classifier_steps}"])).export()
-        run = train(load_config(None, COMMON + matting((0.6, 0.4)) + dev + out + [
+        clf = train(classifier_config(dev + out + [f"schedule.steps={args.classifier_steps}"])).export()
+        run = train(matting_config(dev + out + [
             f"model.classifier={clf}", "optim.lr=1e-3", "data.batch_size=32", f"schedule.steps={args.steps}",
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
     elif args.phase == "gpu-continue":
@@ -73,17 +81,17 @@ def main() -> None:
         # snapshot every 250 steps, so a device session that ends early still brings a usable run back.
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
                "run.ckpt_every=250", "run.keep_ckpts=1"]
-        clf = train(load_config(None, COMMON + CLASSIFIER + dev + out + [
+        clf = train(classifier_config(dev + out + [
             f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
             resume=True).export()
-        run = train(load_config(None, COMMON + matting((0.5, 0.5)) + dev + out + [
+        run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", "optim.lr=5e-4", "data.batch_size=32",
-            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"]), resume=True)
+            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"], (0.5, 0.5)), resume=True)
     else:
-        run = train(load_config(None, COMMON + matting((0.3, 0.7)) + out + [
-            "run.device=cpu", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
+        run = train(matting_config(out + [
+            "run.device=cpu", "run.precision=fp32", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
             f"model.classifier={args.classifier}", "optim.lr=2e-4", "data.batch_size=8", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"]), resume=True)
+            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"], (0.3, 0.7)), resume=True)
     print(run.export(), run.history[-1])
 
 

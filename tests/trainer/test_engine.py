@@ -239,6 +239,21 @@ def test_shipped_configs_parse(name):
     assert cfg.task == "matting"
 
 
+def test_default_recipe_script_builds_on_the_toml_configs():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "models" / "train_default.py"
+    spec = importlib.util.spec_from_file_location("train_default", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    clf = recipe.classifier_config(["schedule.steps=200"])
+    assert (clf.task, clf.model.arch, clf.data.batch_size, clf.data.val) == ("classifier", "classifier_lite", 64, [])
+    gpu = recipe.matting_config(["data.batch_size=32"])
+    assert gpu.model.arch == "sim_lite" and gpu.model.discriminator == "" and gpu.data.train[0]["weights"] == [0.6, 0.4]
+    cpu = recipe.matting_config([], (0.3, 0.7))
+    assert cpu.data.train[0]["weights"] == [0.3, 0.7] and cpu.optim.weight_decay == gpu.optim.weight_decay
+
+
 def test_lr_schedule_shapes():
     cfg = load_config(
         None,
