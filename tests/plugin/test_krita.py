@@ -31,7 +31,9 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 def _install(tmp: Path) -> dict:
     """Install exactly as a user would, into a hermetic XDG profile."""
-    env = hostkit.host_env(XDG_DATA_HOME=str(tmp / "data"), XDG_CONFIG_HOME=str(tmp / "config"))
+    (tmp / "tmp").mkdir(exist_ok=True)  # Krita's swap and frame-cache files land here, not in /tmp
+    env = hostkit.host_env(XDG_DATA_HOME=str(tmp / "data"), XDG_CONFIG_HOME=str(tmp / "config"),
+                           TMPDIR=str(tmp / "tmp"))
     subprocess.run(
         [
             sys.executable,
