@@ -49,6 +49,8 @@ def _free_port() -> int:
 
 class Daemon:
     def __init__(self, *args: str, bind: str | None = None, workers: int = 1, device: str = "cpu") -> None:
+        # A bench stopped by SIGTERM (e.g. `timeout`) must still run stop(): its daemon lives in its own session.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         self.tmp = tempfile.TemporaryDirectory()
         rt = os.path.join(self.tmp.name, "rt")
         self.endpoint = bind or f"ipc://{rt}/broker.sock"
@@ -58,17 +60,20 @@ class Daemon:
         if bind:
             argv += ["--bind", bind]
         self.proc = subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True)
-        end = time.monotonic() + 180  # a GPU worker loads torch and CUDA first
-        while time.monotonic() < end:
-            try:
-                with Client(self.endpoint, connect_timeout=0.5, retries=0, heartbeat=0.2) as c:
-                    if c.health(timeout=1.0)["workers"] >= workers:
-                        return
-            except ServerError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("daemon did not become ready")
+        try:
+            end = time.monotonic() + 180  # a GPU worker loads torch and CUDA first
+            while time.monotonic() < end:
+                try:
+                    with Client(self.endpoint, connect_timeout=0.5, retries=0, heartbeat=0.2) as c:
+                        if c.health(timeout=1.0)["workers"] >= workers:
+                            return
+                except ServerError:
+                    pass
+                time.sleep(0.2)
+            raise RuntimeError("daemon did not become ready")
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         try:
