@@ -18,8 +18,12 @@ from backend.client import Client, ServerError
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_sigkill_worker_every_2s_loses_nothing(daemon):
-    d = daemon(workers=3, handler="daemon_handlers:slow", env=child_env(SLOW_MS="100"))
+@pytest.mark.parametrize("batching", [False, True], ids=["one-at-a-time", "batching"])
+def test_sigkill_worker_every_2s_loses_nothing(daemon, batching):
+    # With batching a killed worker holds several jobs at once: all must be re-queued, none lost.
+    extra = ("--max-batch", "4") if batching else ()
+    handler = "daemon_handlers:slow_batch" if batching else "daemon_handlers:slow"
+    d = daemon(*extra, workers=3, handler=handler, env=child_env(SLOW_MS="100"))
     image, trimap = sample()
     total, in_flight, timeout = 320, 6, 15.0
     stop = threading.Event()
