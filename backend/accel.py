@@ -192,14 +192,9 @@ def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Te
     x = upsample2x(dec.conv_up3(torch.cat([x, stem], dim=1)))
     del stem
     y = torch.cat([x, image_n, image, trimap2], dim=1)
-    if not aux:
-        del x
-    out = {"alpha": torch.clamp(dec.conv_up4_alpha(y), 0.0, 1.0)}
-    if aux:
-        fb = torch.sigmoid(dec.conv_up4_fb(y))
-        out["fg"], out["bg"] = fb[:, :3], fb[:, 3:]
-        out["lambdas"] = torch.sigmoid(dec.conv_up4_attn(x))
-    return out
+    x_aux = x if aux else None  # without aux the features are freed before the heads run
+    del x
+    return dec.heads(y, x_aux)
 
 
 class _CompiledOrEager(nn.Module):

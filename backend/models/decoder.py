@@ -54,8 +54,13 @@ class SIMDecoder(nn.Module):
         x = upsample2x(self.conv_up2(torch.cat([x, l1], dim=1)))
         x = upsample2x(self.conv_up3(torch.cat([x, stem], dim=1)))
         y = torch.cat([x, image_n, image, trimap2], dim=1)
+        return self.heads(y, x if aux else None)
+
+    def heads(self, y: torch.Tensor, x: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Output heads on ``y`` = [decoder features, image_n, image, trimap2]: alpha (clamped); with the
+        decoder features ``x`` also F/B (sigmoid) and the λ maps (training / cut-out colours)."""
         out = {"alpha": torch.clamp(self.conv_up4_alpha(y), 0.0, 1.0)}
-        if aux:
+        if x is not None:
             fb = torch.sigmoid(self.conv_up4_fb(y))
             out["fg"], out["bg"] = fb[:, :3], fb[:, 3:]
             out["lambdas"] = torch.sigmoid(self.conv_up4_attn(x))
