@@ -136,11 +136,17 @@ def test_bn_folding_classifier_and_channels_last() -> None:
     torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-4)
 
 
-def test_optimised_predictor_equals_plain_and_device_path() -> None:
+def _tiny_models_with_random_bn() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """sim_tiny + classifier_tiny with non-trivial BN statistics (so BN folding has something to fold)."""
     torch.manual_seed(0)
     sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
     randomise_bn(sim, 3)
     randomise_bn(clf, 4)
+    return sim, clf
+
+
+def test_optimised_predictor_equals_plain_and_device_path() -> None:
+    sim, clf = _tiny_models_with_random_bn()
     image, trimap, _ = make_example(100, 140)
     plain = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap, want_semantic=True)
     fast = MattingPredictor(sim, clf, device="cpu").predict(image, trimap, want_semantic=True)
@@ -261,10 +267,7 @@ def test_gpu_edt_triton_equals_opencv(rng: np.random.Generator) -> None:
 @pytest.mark.gpu
 @cuda
 def test_gpu_fast_paths_match_eager() -> None:
-    torch.manual_seed(0)
-    sim, clf = build_model("sim_tiny"), build_model("classifier_tiny")
-    randomise_bn(sim, 3)
-    randomise_bn(clf, 4)
+    sim, clf = _tiny_models_with_random_bn()
     image, trimap, _ = make_example(136, 200)
     ref = MattingPredictor(sim, clf, device="cpu", optimize=False).predict(image, trimap).alpha
     for kw in ({}, {"cuda_graphs": True}, {"gpu_preprocess": False}, {"channels_last": False}):
