@@ -219,11 +219,17 @@ class MattingPredictor:
                 return self._call_net(net, (image, image_n, trimap2, gauss, smap), aux)
         return run
 
-    def _call_net(self, net: nn.Module, args: tuple[torch.Tensor, ...], aux: bool) -> dict[str, torch.Tensor]:
-        # The lean forward frees the feature pyramid early (same ops, same result); a compiled module keeps
-        # its own forward, and plain (optimize=False) runs stay exactly the model's code.
-        if self.optimize and not self.compile:
-            return sim_inference_forward(net, *args, aux=aux)
+    @property
+    def _lean(self) -> bool:
+        """Whether the lean inference forward runs: it frees the feature pyramid early (same ops, same result)
+        and takes a whole-image pooled context; a compiled module keeps its own forward, and plain
+        (optimize=False) runs stay exactly the model's code."""
+        return self.optimize and not self.compile
+
+    def _call_net(self, net: nn.Module, args: tuple[torch.Tensor, ...], aux: bool,
+                  pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self._lean:
+            return sim_inference_forward(net, *args, aux=aux, pooled=pooled)
         return net(*args, aux=aux)
 
     # ------------------------------------------------------------------ construction
@@ -294,8 +300,7 @@ class MattingPredictor:
         return self._activation_floats_per_px() * h * w * self._act_bytes() * self._act_factor() / 2**30
 
     def _act_factor(self) -> float:
-        lean = self.optimize and not self.compile
-        table = ACTIVATION_CALIBRATION if lean else ACTIVATION_CALIBRATION_PLAIN
+        table = ACTIVATION_CALIBRATION if self._lean else ACTIVATION_CALIBRATION_PLAIN
         return table.get(self.device.type, 0.5)
 
     def estimate_peak_gb(self, h: int, w: int, tile: int | None = None) -> float:
@@ -491,11 +496,7 @@ class MattingPredictor:
     def _forward(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor,
                  aux: bool, pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         args = (inputs.image, inputs.image_n, inputs.trimap2, inputs.trimap_gauss, smap)
-        if pooled is not None:
-            with self._autocast():
-                out = sim_inference_forward(net, *args, aux=aux, pooled=pooled)
-            return {k: v.float() for k, v in out.items()}
-        if self.cuda_graphs:
+        if self.cuda_graphs and pooled is None:  # graphs are captured for whole images, not context tiles
             try:
                 out = self._graph(f"matting-aux{int(aux)}", self._net_fn(net, aux))(*args)
                 # Static graph buffers are overwritten by the next replay: hand out copies.
@@ -506,7 +507,7 @@ class MattingPredictor:
                 self.refresh()
                 net, _ = self._networks()
         with self._autocast():
-            out = self._call_net(net, args, aux)
+            out = self._call_net(net, args, aux, pooled)
         return {k: v.float() for k, v in out.items()}
 
     def _run_matting(self, net: nn.Module, inputs: processing.NetworkInputs, smap: torch.Tensor, tile: int,
@@ -524,7 +525,7 @@ class MattingPredictor:
         windows = [(0, t.y0, t.x0, t.y1 - t.y0, t.x1 - t.x0) for t in tiles]
         # Tiles without unknown pixels add nothing; one summed-area query instead of a sync per tile.
         todo = [t for t, keep in zip(tiles, window_has_unknown(unknown[None], windows)) if keep]
-        pooled = self._global_context(net, inputs, smap, tiles) if self.tile_context == "image" else None
+        pooled = self._global_context(net, inputs, smap, tiles) if self.tile_context == "image" and todo else None
         for i, t in enumerate(todo):
             out = self._forward(net, inputs.crop(t.y0, t.y1, t.x0, t.x1), smap[..., t.y0:t.y1, t.x0:t.x1], aux,
                                 pooled)
@@ -544,7 +545,7 @@ class MattingPredictor:
         """Whole-image mean of the stride-8 features for the ASPP image-pooling branch, from an encoder
         pass per tile summed over disjoint tile cores. Without it every tile pools its own mean, which
         shifts each tile's output by a tile-wide offset (the seams of naive tiling)."""
-        if not self.optimize or self.compile:
+        if not self._lean:
             return None  # the module's own forward has no hook for it
         _, _, hp, wp = inputs.image.shape
         total: torch.Tensor | None = None
