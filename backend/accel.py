@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from backend.models.layers import WSConv2d, upsample2x
@@ -153,19 +152,6 @@ def sim_layer4(net: nn.Module, image_n: torch.Tensor, trimap2: torch.Tensor, tri
     return enc.layer4(enc.layer3(enc.layer2(enc.layer1(enc.maxpool(stem)))))
 
 
-def aspp_forward(aspp: nn.Module, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-    """ASPP, optionally with the image-level branch fed a given N×C×1×1 mean of the features instead of
-    this input's own mean: tiles then share the whole image's context (no per-tile offset = no seams)."""
-    if pooled is None:
-        return aspp(x)
-    branches = [branch(x) for branch in list(aspp.convs)[:-1]]
-    v = pooled.to(x.dtype)
-    for m in list(aspp.convs[-1])[1:]:  # skip the AdaptiveAvgPool2d: the mean is given
-        v = m(v)
-    branches.append(F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False))
-    return aspp.project(torch.cat(branches, dim=1))
-
-
 def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Tensor, trimap2: torch.Tensor,
                           trimap_gauss: torch.Tensor, smap: torch.Tensor, *, aux: bool = False,
                           pooled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -174,7 +160,7 @@ def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Te
     The module forward keeps the whole feature pyramid (incl. layer2/layer3, which the decoder never reads,
     and layer4 after the ASPP) alive until the full-resolution heads: ~0.2 GiB/MP in bf16. Same operations
     in the same order, so the result is bitwise identical (``tests/backend/test_accel.py`` pins this
-    against the model's own forward, which stays the one definition). ``pooled``: see ``aspp_forward``.
+    against the model's own forward, which stays the one definition). ``pooled``: see ``ASPPPooling.forward``.
     """
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"SIMNet needs H and W multiples of 8, got {tuple(image.shape[-2:])}; pad first")
@@ -184,7 +170,7 @@ def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Te
     del x
     l1 = enc.layer1(enc.maxpool(stem))
     l4 = enc.layer4(enc.layer3(enc.layer2(l1)))
-    x = torch.cat([l4, aspp_forward(dec.global_module, l4, pooled)], dim=1)
+    x = torch.cat([l4, dec.global_module(l4, pooled)], dim=1)
     del l4
     x = upsample2x(dec.conv_up1(x))
     x = upsample2x(dec.conv_up2(torch.cat([x, l1], dim=1)))

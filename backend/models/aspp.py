@@ -27,9 +27,14 @@ class ASPPPooling(nn.Sequential):
         super().__init__(nn.AdaptiveAvgPool2d(1), WSConv2d(cin, cout, 1, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        return F.interpolate(super().forward(x), size=size, mode="bilinear", align_corners=False)
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled``: an N×C×1×1 mean to use instead of this input's own (the average pool is skipped), e.g.
+        the whole image's mean when ``x`` is one tile of it: tiles then share one context (no seams)."""
+        pool, *rest = self
+        v = pool(x) if pooled is None else pooled.to(x.dtype)
+        for m in rest:
+            v = m(v)
+        return F.interpolate(v, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
 class ASPP(nn.Module):
@@ -43,5 +48,7 @@ class ASPP(nn.Module):
         self.project = nn.Sequential(WSConv2d(cout * len(branches), cout, 1, bias=False), nn.BatchNorm2d(cout),
                                      nn.ReLU(inplace=True), nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
+    def forward(self, x: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``pooled``: optional given mean for the image-level branch, see ``ASPPPooling.forward``."""
+        *convs, pooling = self.convs
+        return self.project(torch.cat([*(branch(x) for branch in convs), pooling(x, pooled)], dim=1))

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backend import processing as P
-from backend.accel import aspp_forward, fold_batchnorm, inference_copy, sim_inference_forward, sim_layer4
+from backend.accel import fold_batchnorm, inference_copy, sim_inference_forward, sim_layer4
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from tests.conftest import make_example, randomise_bn
@@ -241,7 +241,7 @@ def test_whole_image_context_for_tiles() -> None:
     aspp = sim.decoder.global_module
     x = torch.randn(1, 32, 12, 17)
     with torch.no_grad():
-        assert torch.equal(aspp(x), aspp_forward(aspp, x, x.mean((2, 3), keepdim=True)))
+        assert torch.equal(aspp(x), aspp(x, x.mean((2, 3), keepdim=True)))
     pred = MattingPredictor(sim, device="cpu")
     net, _ = pred._networks()
     args = _sim_args(328, 408)
