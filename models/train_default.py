@@ -72,7 +72,7 @@ def main() -> None:
     out = [f"run.out_dir={args.out}"]
     if args.phase == "gpu":
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}"]
-        clf = train(classifier_config(dev + out + [f"schedule.steps={args.classifier_steps}"])).export()
+        clf = train(classifier_config(dev + out + [f"schedule.steps={args.classifier_steps}"])).exported
         run = train(matting_config(dev + out + [
             f"model.classifier={clf}", "optim.lr=1e-3", "data.batch_size=32", f"schedule.steps={args.steps}",
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
@@ -83,7 +83,7 @@ def main() -> None:
                "run.ckpt_every=250", "run.keep_ckpts=1"]
         clf = train(classifier_config(dev + out + [
             f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
-            resume=True).export()
+            resume=True).exported
         run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", "optim.lr=5e-4", "data.batch_size=32",
             f"schedule.steps={args.steps}", "schedule.warmup_steps=40"], (0.5, 0.5)), resume=True)
@@ -92,7 +92,7 @@ def main() -> None:
             "run.device=cpu", "run.precision=fp32", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
             f"model.classifier={args.classifier}", "optim.lr=2e-4", "data.batch_size=8", f"schedule.steps={args.steps}",
             "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"], (0.3, 0.7)), resume=True)
-    print(run.export(), run.history[-1])
+    print(run.exported, run.history[-1])
 
 
 if __name__ == "__main__":

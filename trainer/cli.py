@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         trainer = train(cfg, resume=args.resume)
         if trainer.is_main:
-            print(f"weights: {trainer.run_dir / (cfg.task + '.pt')}")
+            print(f"weights: {trainer.exported}")
 
     return _run_guarded(run)
 

@@ -171,14 +171,13 @@ def train_custom(
         ) + list(overrides or [])
         cfg = load_config(None, ov, task=stage)
         trainer = train(cfg, resume=resume)
-        exported = trainer.run_dir / f"{stage}.pt"
         if not trainer.is_main:
             continue
         if stage == "matting":
             # Re-export beside classifier.pt so meta["classifier"] resolves inside <out>.
             trainer.export(target)
         else:
-            shutil.copyfile(exported, target)
+            shutil.copyfile(trainer.exported, target)
         results[stage] = target
         log.info("stage %s → %s", stage, target)
     return results

@@ -368,6 +368,7 @@ class Trainer:
 
         self.step = 0
         self.nonfinite = 0
+        self.exported: Path | None = None  # set by train() when it exports the finished model (rank 0)
         snapshot = None
         if resume:
             path = find_last(self.run_dir)
@@ -624,7 +625,7 @@ class Trainer:
         if self.step >= cfg.schedule.steps:
             self.evaluate()
             if self.is_main:
-                self.export()
+                self.exported = self.export()
         for lg in (self.train_log, self.eval_log):
             if lg is not None:
                 lg.close()
