@@ -126,15 +126,21 @@ class Task:
             )
         model = build_model(self.cfg.model.arch, num_classes=len(self.classes))
         if self.cfg.model.init:
-            lw = load_weights(
-                self.cfg.model.init, self.name if self.name != "discriminator" else "discriminator"
+            lw = self._load_checked(
+                self.cfg.model.init, self.name, "{path} has {found} classes, config {want}"
             )
-            if len(lw.classes) != len(self.classes):
-                raise ValueError(
-                    f"{self.cfg.model.init} has {len(lw.classes)} classes, config {len(self.classes)}"
-                )
             model.load_state_dict(lw.model.state_dict())
         return model
+
+    def _load_checked(self, path: str, kind: str, mismatch: str) -> Any:
+        """``load_weights(path, kind)``, refusing a file whose class count differs from the config's;
+        ``mismatch`` is the error message ({path}, {kind}, {found}, {want})."""
+        lw = load_weights(path, kind)
+        if len(lw.classes) != len(self.classes):
+            raise ValueError(
+                mismatch.format(path=path, kind=kind, found=len(lw.classes), want=len(self.classes))
+            )
+        return lw
 
     @property
     def find_unused_parameters(self) -> bool:
@@ -244,11 +250,7 @@ class MattingTask(Task):
             log.warning("no discriminator weights (model.discriminator): L_c and L_f are off")
 
     def _frozen(self, path: str, kind: str) -> nn.Module:
-        lw = load_weights(path, kind)
-        if len(lw.classes) != len(self.classes):
-            raise ValueError(
-                f"{kind} {path} predicts {len(lw.classes)} classes, the config has {len(self.classes)}"
-            )
+        lw = self._load_checked(path, kind, "{kind} {path} predicts {found} classes, the config has {want}")
         if (
             kind == "discriminator"
             and lw.meta.get("disc_input", self.cfg.loss.disc_input) != self.cfg.loss.disc_input
