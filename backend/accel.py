@@ -142,14 +142,22 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
     return out
 
 
+def _stem_and_layer1(enc: nn.Module, image_n: torch.Tensor, trimap2: torch.Tensor, trimap_gauss: torch.Tensor,
+                     smap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SIM encoder's stem output (with the semantic side conv) and layer1 features; the concatenated input is
+    released as soon as the stem has read it."""
+    x = torch.cat([image_n, trimap_gauss, trimap2], dim=1)
+    stem = enc.stem(x, enc.conv1_side(smap))
+    del x
+    return stem, enc.layer1(enc.maxpool(stem))
+
+
 def sim_layer4(net: nn.Module, image_n: torch.Tensor, trimap2: torch.Tensor, trimap_gauss: torch.Tensor,
                smap: torch.Tensor) -> torch.Tensor:
     """The encoder's deepest features (stride 8) alone, releasing everything else on the way."""
     enc = net.encoder
-    x = torch.cat([image_n, trimap_gauss, trimap2], dim=1)
-    stem = enc.stem(x, enc.conv1_side(smap))
-    del x
-    return enc.layer4(enc.layer3(enc.layer2(enc.layer1(enc.maxpool(stem)))))
+    l1 = _stem_and_layer1(enc, image_n, trimap2, trimap_gauss, smap)[1]  # the stem is freed here
+    return enc.layer4(enc.layer3(enc.layer2(l1)))
 
 
 def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Tensor, trimap2: torch.Tensor,
@@ -165,10 +173,7 @@ def sim_inference_forward(net: nn.Module, image: torch.Tensor, image_n: torch.Te
     if image.shape[-2] % 8 or image.shape[-1] % 8:
         raise ValueError(f"SIMNet needs H and W multiples of 8, got {tuple(image.shape[-2:])}; pad first")
     enc, dec = net.encoder, net.decoder
-    x = torch.cat([image_n, trimap_gauss, trimap2], dim=1)
-    stem = enc.stem(x, enc.conv1_side(smap))
-    del x
-    l1 = enc.layer1(enc.maxpool(stem))
+    stem, l1 = _stem_and_layer1(enc, image_n, trimap2, trimap_gauss, smap)
     l4 = enc.layer4(enc.layer3(enc.layer2(l1)))
     x = torch.cat([l4, dec.global_module(l4, pooled)], dim=1)
     del l4
