@@ -399,17 +399,14 @@ class MattingPredictor:
         ph, pw = processing.official_padding(h, w)
         net, clf = self._networks()
         low = PRECISIONS[self.precision]
-        parts, tri_devs = [], []
-        for rgb, tri in zip(rgbs, tris):
-            if self.gpu_preprocess:
-                part, tri_dev = self._device_inputs(rgb, tri, ph, pw, low)
-                tri_devs.append(tri_dev)
-            else:
-                img_p = processing.pad_reflect(as_float_image(rgb), ph, pw)
-                part = processing.build_inputs(img_p, processing.pad_reflect(tri, ph, pw), self.device)
-            parts.append(part)
-        inputs = processing.NetworkInputs.cat(parts)
-        del parts
+        tri_dev: torch.Tensor | None = None
+        if self.gpu_preprocess:
+            inputs, tri_dev = self._device_inputs(rgbs, tris, ph, pw, low)
+        else:
+            inputs = processing.NetworkInputs.cat([
+                processing.build_inputs(processing.pad_reflect(as_float_image(rgb), ph, pw),
+                                        processing.pad_reflect(tri, ph, pw), self.device)
+                for rgb, tri in zip(rgbs, tris)])
         hp, wp = h + ph, w + pw
         timings = {"preprocess": self._elapsed(t0)}
         report(0.05, "preprocess")
@@ -438,10 +435,12 @@ class MattingPredictor:
 
         t3 = time.perf_counter()
         results = []
+        alphas = None  # on the device path: every image finalised at once, one download
+        if tri_dev is not None:
+            alphas = processing.finalize_alpha_torch(alpha_t[:, 0, :h, :w], tri_dev[:, 0, :h, :w]).cpu().numpy()
         for i, (rgb, tri) in enumerate(zip(rgbs, tris)):
-            if tri_devs:
-                alpha = np.ascontiguousarray(
-                    processing.finalize_alpha_torch(alpha_t[i, 0, :h, :w], tri_devs[i][0, 0, :h, :w]).cpu().numpy())
+            if alphas is not None:
+                alpha = np.ascontiguousarray(alphas[i])
             else:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
             fg = None
@@ -471,13 +470,18 @@ class MattingPredictor:
             return t.to(self.device)
         return t.pin_memory().to(self.device, non_blocking=True)
 
-    def _device_inputs(self, rgb: np.ndarray, tri: np.ndarray, ph: int, pw: int,
+    def _device_inputs(self, rgbs: Sequence[np.ndarray], tris: Sequence[np.ndarray], ph: int, pw: int,
                        low: torch.dtype | None) -> tuple[processing.NetworkInputs, torch.Tensor]:
-        """Pad on the host in the input's own dtype (1 byte/channel for uint8), upload, and build the
-        network inputs on the device. uint→float division happens on the device: same IEEE result."""
-        raw = processing.pad_reflect(rgb if rgb.dtype in (np.uint8, np.uint16) else as_float_image(rgb), ph, pw)
-        tri_dev = self._upload(processing.pad_reflect(tri, ph, pw))[None, None]
-        img = self._upload(raw).permute(2, 0, 1)[None]
+        """Pad on the host in the inputs' own dtype (1 byte/channel for uint8), upload the batch at once, and
+        build the network inputs on the device. uint→float division happens on the device: same IEEE result
+        (a batch mixing dtypes is converted on the host instead: the same values)."""
+        raws = [processing.pad_reflect(rgb if rgb.dtype in (np.uint8, np.uint16) else as_float_image(rgb), ph, pw)
+                for rgb in rgbs]
+        if len({r.dtype for r in raws}) > 1:
+            raws = [as_float_image(r) for r in raws]
+        raw = np.stack(raws) if len(raws) > 1 else raws[0][None]
+        tri_dev = self._upload(np.stack([processing.pad_reflect(t, ph, pw) for t in tris]))[:, None]
+        img = self._upload(raw).permute(0, 3, 1, 2)
         if raw.dtype == np.uint8:
             img = img.float() / 255.0
         elif raw.dtype == np.uint16:

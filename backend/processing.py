@@ -329,7 +329,7 @@ def build_inputs(image: np.ndarray, trimap: np.ndarray, device: torch.device | s
 
 def build_inputs_torch(image: torch.Tensor, trimap: torch.Tensor, *, gauss_method: str = "auto",
                        dtype: torch.dtype = torch.float32) -> NetworkInputs:
-    """``build_inputs`` on the device: image 1×3×H×W float32 in [0,1] and trimap 1×1×H×W uint8, both padded
+    """``build_inputs`` on the device: image N×3×H×W float32 in [0,1] and trimap N×1×H×W uint8, both padded
     and already on the device. The distance transform runs there too (``trimap_gaussian_torch``).
 
     ``dtype`` stores the five network inputs in bf16/fp16 for low-precision inference (half the memory);

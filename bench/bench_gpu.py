@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend import processing
 from backend.models.registry import build_model
-from backend.predictor import MattingPredictor
+from backend.predictor import PRECISIONS, MattingPredictor
 
 GIB = 2**30
 T_START = time.perf_counter()
@@ -181,9 +181,9 @@ def matting_only_peak(pred: MattingPredictor, image: np.ndarray, trimap: np.ndar
     net, _ = pred._networks()
     h, w = trimap.shape
     ph, pw = processing.official_padding(h, w)
-    low = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[pred.precision]
+    low = PRECISIONS[pred.precision]
     if pred.gpu_preprocess:
-        inputs, _ = pred._device_inputs(image, trimap, ph, pw, low)
+        inputs, _ = pred._device_inputs([image], [trimap], ph, pw, low)
     else:
         inputs = processing.build_inputs(processing.pad_reflect(image.astype(np.float32) / 255, ph, pw),
                                          processing.pad_reflect(trimap, ph, pw), dev)

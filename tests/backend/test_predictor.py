@@ -101,6 +101,12 @@ def test_predict_batch_equals_one_at_a_time(tiny_predictor: MattingPredictor) ->
     over = tiny_predictor.predict_batch(images[:2], trimaps[:2], classes=["fur"])
     np.testing.assert_allclose(over[1].alpha, tiny_predictor.predict(images[1], trimaps[1], classes=["fur"]).alpha,
                                atol=1e-6)
+    # the device pre/post-processing path (exact EDT in torch; runs on CPU too) batches the uploads, the
+    # encodings and the finalisation; a batch mixing uint8 and uint16 is converted on the host
+    dev = MattingPredictor(tiny_predictor.model, tiny_predictor.classifier, device="cpu", gpu_preprocess=True)
+    mixed = [images[0], images[1].astype(np.uint16) * 257, images[2]]
+    for img, tri, got in zip(mixed, trimaps, dev.predict_batch(mixed, trimaps)):
+        np.testing.assert_allclose(got.alpha, dev.predict(img, tri).alpha, atol=1e-6)
     with pytest.raises(ValueError, match="one size"):
         tiny_predictor.predict_batch([image, image[:64]], [trimap, trimap[:64]])
     with pytest.raises(ValueError, match="as many trimaps"):
