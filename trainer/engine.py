@@ -249,16 +249,9 @@ def build_optimizer(cfg: TrainConfig, groups: list[dict[str, Any]]) -> torch.opt
     param_groups = [
         {"params": g["params"], "lr": oc.lr * g.get("lr_mult", 1.0)} for g in groups if g["params"]
     ]
-    if oc.name == "adam":
-        return torch.optim.Adam(
-            param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
-        )
-    if oc.name == "adamw":
-        return torch.optim.AdamW(
-            param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
-        )
-    if oc.name == "radam":
-        return torch.optim.RAdam(
+    adam_like = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam}
+    if oc.name in adam_like:
+        return adam_like[oc.name](
             param_groups, lr=oc.lr, betas=tuple(oc.betas), eps=oc.eps, weight_decay=oc.weight_decay
         )
     return torch.optim.SGD(param_groups, lr=oc.lr, momentum=oc.betas[0], weight_decay=oc.weight_decay)
