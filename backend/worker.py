@@ -123,22 +123,26 @@ class PredictorHandler:
             from backend.processing import trimap_from_mask
 
             trimap = trimap_from_mask(job.arrays["mask"], int(job.options["band"]))
+        return (image, trimap, *PredictorHandler._wants(job))
+
+    @staticmethod
+    def _wants(job: Job) -> tuple[bool, bool]:
+        """(foreground, semantic map) — what the job's kind and ``outputs`` ask the predictor for."""
         outputs = job.options.get("outputs", [P.OUT_ALPHA])
-        want_fg = job.kind == P.MATTE and P.OUT_FOREGROUND in outputs
-        want_semantic = job.kind == P.CLASSIFY or P.OUT_SEMANTIC in outputs
-        return image, trimap, want_fg, want_semantic
+        return job.kind == P.MATTE and P.OUT_FOREGROUND in outputs, job.kind == P.CLASSIFY or P.OUT_SEMANTIC in outputs
 
     def batch_key(self, job: Job) -> tuple | None:
         """Jobs with equal keys can share one forward pass; None = run alone."""
         h, w = job.arrays["image"].shape[:2]
         if h * w > self.batch_max_pixels or job.options.get("tile"):
             return None
-        outputs = job.options.get("outputs", [P.OUT_ALPHA])
-        return (h, w, tuple(job.options.get("classes") or ()), job.kind == P.MATTE and P.OUT_FOREGROUND in outputs,
-                job.kind == P.CLASSIFY or P.OUT_SEMANTIC in outputs)
+        return (h, w, tuple(job.options.get("classes") or ()), *self._wants(job))
 
     def __call__(self, job: Job) -> tuple[dict[str, Any], dict]:
-        image, trimap, want_fg, want_semantic = self._inputs(job)
+        return self._run_one(job, self._inputs(job))
+
+    def _run_one(self, job: Job, inputs: tuple[Any, Any, bool, bool]) -> tuple[dict[str, Any], dict]:
+        image, trimap, want_fg, want_semantic = inputs
 
         def progress(done: float, stage: str) -> None:
             job.progress(stage, done)
@@ -179,10 +183,10 @@ class PredictorHandler:
                                                    want_foreground=want_fg, want_semantic=want_semantic)
         except ValueError:
             results = None
-        for k, (i, job, _) in enumerate(live):
+        for k, (i, job, inputs) in enumerate(live):
             try:
                 if results is None:
-                    outcomes[i] = self(job)
+                    outcomes[i] = self._run_one(job, inputs)
                     continue
                 job.progress("done", 1.0)
                 outcomes[i] = self._reply(job, results[k], want_semantic)
