@@ -143,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     predictor = _make_predictor(args)
     samples = evaluation.find_samples(args.dataset, trimap_set=args.trimap_set)
     if args.held_out:
-        samples = [s for s in samples if s.name in evaluation.ALPHAMATTING_HELD_OUT]
+        samples = evaluation.held_out_samples(samples)
     if args.limit:
         samples = samples[: args.limit]
     if not samples:

@@ -69,6 +69,12 @@ class DatasetError(InputError):
 ALPHAMATTING_NAMES: tuple[str, ...] = tuple(f"GT{i:02d}" for i in range(1, 28))
 ALPHAMATTING_HELD_OUT: tuple[str, ...] = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
 
+
+def held_out_samples(samples: list[Sample]) -> list[Sample]:
+    """The fixed held-out alphamatting images among ``samples`` (evaluation of the default model)."""
+    return [s for s in samples if s.name in ALPHAMATTING_HELD_OUT]
+
+
 @dataclass(frozen=True)
 class Sample:
     """One evaluation item. ``alpha_path`` is None only for sets without ground truth."""

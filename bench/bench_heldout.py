@@ -23,10 +23,10 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from backend.evaluation import ALPHAMATTING_HELD_OUT
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 
-HELD_OUT = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
 DATA = (REPO / ".." / "shared" / "data" / "alphamatting").resolve()
 BASELINE = (REPO / ".." / "shared" / "docs" / "baseline" / "baseline_trimap1.json").resolve()
 
@@ -45,7 +45,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--images", nargs="+", default=list(HELD_OUT))
+    ap.add_argument("--images", nargs="+", default=list(ALPHAMATTING_HELD_OUT))
     ap.add_argument("--predictor-kw", default="{}", help="extra MattingPredictor kwargs as JSON")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

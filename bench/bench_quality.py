@@ -70,8 +70,7 @@ def main() -> None:
         if not alphamatting.is_dir():
             lines.append("\n(alphamatting data not available: held-out section skipped)\n")
             break
-        samples = [s for s in evaluation.find_samples(alphamatting, trimap_set=tset)
-                   if s.name in evaluation.ALPHAMATTING_HELD_OUT]
+        samples = evaluation.held_out_samples(evaluation.find_samples(alphamatting, trimap_set=tset))
         res = run(predictor, samples, True, args.out / f"heldout_{tset}", f"Held-out alphamatting, {tset}")
         abl = run(predictor, samples, False, None, "")
         cf = cf_baseline(tset)
