@@ -198,9 +198,14 @@ class _CompiledOrEager(nn.Module):
         self.compiled = compiled
         self.failed = False
 
-    @property
-    def fc(self) -> nn.Module:  # the classifier's class count and CAM weights are read from here
-        return self.eager.fc
+    def __getattr__(self, name: str) -> Any:
+        # Everything else (e.g. the classifier's ``fc``: class count, CAM weights) is read from the eager module.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "eager":  # not registered (yet), e.g. mid-unpickling: fail instead of recursing
+                raise
+            return getattr(self.eager, name)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if not self.failed:
