@@ -84,6 +84,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the python/numpy/torch (CPU) RNG states on exit, as they were on entry."""
+    saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
 def set_deterministic(on: bool) -> None:
     if on:
         # Needed by cuBLAS for deterministic GEMMs; must be set before the first CUDA matmul.
@@ -165,16 +177,10 @@ class SeededDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> Any:
         index, seed, epoch = key
         in_main = torch.utils.data.get_worker_info() is None
-        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state()) if in_main else None
-        try:
+        with preserved_rng() if in_main else contextlib.nullcontext():
             set_epoch(self.dataset, epoch)
             seed_everything(seed)
             return self.dataset[index]
-        finally:
-            if saved is not None:
-                random.setstate(saved[0])
-                np.random.set_state(saved[1])
-                torch.set_rng_state(saved[2])
 
 
 def prepare_dataset(dataset: Any) -> None:
@@ -526,9 +532,8 @@ class Trainer:
             limit = self.cfg.data.val_limit or n
             samples = (self.val_dataset[i] for i in range(min(n, limit)))
             t0 = time.perf_counter()
-            rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-            result = self.task.evaluate(samples)
-            random.setstate(rng[0]), np.random.set_state(rng[1]), torch.set_rng_state(rng[2])
+            with preserved_rng():
+                result = self.task.evaluate(samples)
             result["eval_s"] = time.perf_counter() - t0
             assert self.eval_log is not None
             self.eval_log.write(self.step, result)
