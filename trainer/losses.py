@@ -259,6 +259,16 @@ def discriminator_input(alpha: torch.Tensor, fg: torch.Tensor | None, mode: str 
 CLS_TARGETS = ("soft", "label", "bce")
 
 
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy in float32 ignoring label −1. When every label is −1 (only samples of unknown class)
+    it is a zero that keeps the graph (DDP needs every rank to backward) but learns nothing."""
+    if not bool((labels >= 0).any()):
+        return logits.float().sum() * 0.0
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=-1, label_smoothing=label_smoothing)
+
+
 def classification_loss(
     fake_logits: torch.Tensor,
     real_logits: torch.Tensor | None = None,
@@ -280,9 +290,7 @@ def classification_loss(
     if target == "label":
         if labels is None:
             raise ValueError("label classification target needs class ids")
-        if not bool((labels >= 0).any()):  # only samples of unknown class (−1): nothing to match
-            return fake_logits.float().sum() * 0.0
-        return F.cross_entropy(fake_logits.float(), labels.long(), ignore_index=-1)
+        return masked_cross_entropy(fake_logits, labels)
     if target == "bce":
         if real_logits is None:
             raise ValueError("bce classification target needs the real logits")

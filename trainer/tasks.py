@@ -30,7 +30,7 @@ from backend.processing import normalize_image, trimap_gaussian, trimap_two_chan
 from backend.protocol import TRIMAP_UNKNOWN
 from trainer.checkpoint import export_weights, unwrap
 from trainer.config import TrainConfig
-from trainer.losses import LossWeights, SIMLoss, discriminator_input, freeze
+from trainer.losses import LossWeights, SIMLoss, discriminator_input, freeze, masked_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +176,9 @@ class _ClassificationTask(Task):
         logits, _, _ = model(self.inputs(batch))
         target = batch["class_id"].long()
         valid = target >= 0
-        if not bool(valid.any()):  # keep the graph (DDP needs every rank to backward) but learn nothing
-            loss = logits.float().sum() * 0.0
+        loss = masked_cross_entropy(logits, target, self.cfg.loss.label_smoothing)
+        if not bool(valid.any()):  # the zero loss keeps the graph but learns nothing
             return {"total": loss, "ce": loss.detach(), "acc": loss.detach()}
-        loss = F.cross_entropy(
-            logits.float(), target, ignore_index=-1, label_smoothing=self.cfg.loss.label_smoothing
-        )
         acc = (logits.detach().argmax(1) == target)[valid].float().mean()
         return {"total": loss, "ce": loss.detach(), "acc": acc}
 
