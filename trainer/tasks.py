@@ -9,7 +9,6 @@ the classifier sees [ImageNet-normalised image, trimap/255] (ref §2.2), the dis
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 from collections.abc import Iterable
@@ -30,7 +29,7 @@ from backend.processing import normalize_image, trimap_gaussian, trimap_two_chan
 from backend.protocol import TRIMAP_UNKNOWN
 from trainer.checkpoint import export_weights, unwrap
 from trainer.config import TrainConfig
-from trainer.losses import LossWeights, SIMLoss, discriminator_input, freeze, masked_cross_entropy
+from trainer.losses import SIMLoss, discriminator_input, freeze, masked_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +51,14 @@ class MattingCollate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch = default_collate(samples)
-        if "trimap_gauss" not in batch:
-            t2, tg = [], []
-            for s in samples:
-                tri = np.asarray(s["trimap"])[0].astype(np.uint8)
-                two = trimap_two_channel(tri)
-                t2.append(two.transpose(2, 0, 1))
-                tg.append(trimap_gaussian(two, distance="scipy").transpose(2, 0, 1))
-            batch["trimap2"] = torch.from_numpy(np.stack(t2))
-            batch["trimap_gauss"] = torch.from_numpy(np.stack(tg))
+        t2, tg = [], []
+        for s in samples:
+            tri = np.asarray(s["trimap"])[0].astype(np.uint8)
+            two = trimap_two_channel(tri)
+            t2.append(two.transpose(2, 0, 1))
+            tg.append(trimap_gaussian(two, distance="scipy").transpose(2, 0, 1))
+        batch["trimap2"] = torch.from_numpy(np.stack(t2))
+        batch["trimap_gauss"] = torch.from_numpy(np.stack(tg))
         return batch
 
 
@@ -229,7 +227,7 @@ class MattingTask(Task):
         super().__init__(cfg, device)
         lc = cfg.loss
         self.loss = SIMLoss(
-            LossWeights(**{f.name: getattr(lc, f.name) for f in dataclasses.fields(LossWeights)}),
+            lc,  # a LossConfig is a LossWeights; SIMLoss reads only the weight fields
             gradient_form=lc.gradient_form,
             disc_input=lc.disc_input,
             cls_target=lc.cls_target,
