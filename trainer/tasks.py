@@ -67,23 +67,32 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def classifier_input(image: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
-    """[ImageNet-normalised RGB, trimap/255] — the patch classifier's 4 channels (ref §2.2)."""
-    return torch.cat([normalize_image(image), trimap / 255.0], dim=1)
+def classifier_input(
+    image: torch.Tensor, trimap: torch.Tensor, normalized: torch.Tensor | None = None
+) -> torch.Tensor:
+    """[ImageNet-normalised RGB, trimap/255] — the patch classifier's 4 channels (ref §2.2).
+    ``normalized``: ``normalize_image(image)`` when the caller already has it."""
+    if normalized is None:
+        normalized = normalize_image(image)
+    return torch.cat([normalized, trimap / 255.0], dim=1)
 
 
 def training_semantic_trimap(
-    classifier: nn.Module, image: torch.Tensor, trimap: torch.Tensor
+    classifier: nn.Module,
+    image: torch.Tensor,
+    trimap: torch.Tensor,
+    normalized: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Semantic trimap of whole training crops: one classifier pass per crop, CAM upsampled to the crop,
     min–max scaled **per sample**, zero outside the unknown region.
 
     For an S×S crop this equals ``backend.semantic_trimap.semantic_trimap(..., window_sizes=(S,))`` on that
     crop alone (one window covers it); the per-sample scaling keeps crops of one batch independent
-    (the official global min–max runs on one image at a time at inference).
+    (the official global min–max runs on one image at a time at inference). ``normalized``: as in
+    ``classifier_input``.
     """
     with torch.no_grad():
-        _, cam, _ = classifier(classifier_input(image, trimap))
+        _, cam, _ = classifier(classifier_input(image, trimap, normalized))
         cam = F.interpolate(cam.float(), size=image.shape[-2:], mode="bilinear", align_corners=False)
         lo = cam.amin(dim=(1, 2, 3), keepdim=True)
         hi = cam.amax(dim=(1, 2, 3), keepdim=True)
@@ -266,11 +275,11 @@ class MattingTask(Task):
         # Official SIM: one optimiser for the encoder, one for the decoder, same settings (ref §4.5).
         return [{"params": enc, "lr_mult": self.cfg.optim.encoder_lr_mult}, {"params": dec, "lr_mult": 1.0}]
 
-    def semantic(self, batch: dict[str, Any]) -> torch.Tensor:
+    def semantic(self, batch: dict[str, Any], normalized: torch.Tensor | None = None) -> torch.Tensor:
         src = self.cfg.model.smap
         if src == "classifier":
             assert self.classifier is not None
-            return training_semantic_trimap(self.classifier, batch["image"], batch["trimap"])
+            return training_semantic_trimap(self.classifier, batch["image"], batch["trimap"], normalized)
         if src == "label":
             return label_semantic_trimap(batch["class_id"], batch["trimap"], len(self.classes))
         n, _, h, w = batch["image"].shape
@@ -278,12 +287,13 @@ class MattingTask(Task):
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batch["image"]
+        normalized = normalize_image(image)  # one normalisation for the network and the classifier
         out = model(
             image,
-            normalize_image(image),
+            normalized,
             batch["trimap2"],
             batch["trimap_gauss"],
-            self.semantic(batch),
+            self.semantic(batch, normalized),
             aux=self.loss.needs_aux,
         )
         terms = self.loss(out, batch, self.discriminator)
