@@ -35,13 +35,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from backend.predictor import PRECISIONS  # run.precision → autocast dtype (None: fp32), as at inference
 from trainer.checkpoint import find_last, load_snapshot, rng_state, save_snapshot, set_rng_state, unwrap
 from trainer.config import ScheduleConfig, TrainConfig, save_config
 from trainer.tasks import Task, build_task, to_device
 
 log = logging.getLogger(__name__)
-
-AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------- distributed
@@ -343,7 +342,7 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         set_deterministic(cfg.run.deterministic)
         seed_everything(cfg.run.seed + self.rank)
-        self.amp_dtype = AMP_DTYPES[cfg.run.precision]
+        self.amp_dtype = PRECISIONS[cfg.run.precision]
         if cfg.run.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("run.precision = 'fp16' needs a CUDA device; use bf16 or fp32 on the CPU")
 
