@@ -105,6 +105,25 @@ def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
     assert res.alpha.shape == (64, 64)
 
 
+def test_trimap_encoded_on_device_matches_worker_encoding(tmp_path, helpers):
+    """On a GPU the loader skips the EDT and the step encodes the batch with build_inputs_torch: same
+    network inputs (to ~1e-7), so the same losses as the CPU workers' scipy encoding."""
+    ds = ToyMattingDataset(4, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "enc", "matting", f"model.classifier={helpers['classifier']}")
+    tr = Trainer(cfg, train_dataset=ds)
+    assert tr.task.collate.on_device is False  # CPU run: the workers encode
+    samples = [ds[i] for i in range(4)]
+    in_workers = MattingCollate()(samples)
+    on_device = MattingCollate(on_device=True)(samples)
+    assert "trimap_gauss" not in on_device and "trimap_gauss" in in_workers
+    torch.manual_seed(0)
+    a = tr.task.step(tr.model, in_workers)
+    torch.manual_seed(0)
+    b = tr.task.step(tr.model, on_device)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
 def test_tiny_classifier_run_lowers_loss(tmp_path):
     ds = ToyMattingDataset(6, 64, NUM_CLASSES)
     cfg = _cfg(tmp_path, "cls", "classifier", "schedule.steps=30")
