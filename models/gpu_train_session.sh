@@ -13,6 +13,6 @@ export SEMANTIC_MATTE_DATA=${SEMANTIC_MATTE_DATA:-$PWD/.devdata}
 [ -d runs ] && cp -r runs "$OUT/" 2>/dev/null  # resume what an earlier session brought back
 t0=$(date +%s)
 timeout ${LIMIT_S:-480} python3 models/train_default.py --phase gpu-continue --device cuda --workers 15 \
-  --classifier-steps ${STEPS_C:-400} --steps ${STEPS_M:-2000} --out "$OUT/runs" > "$OUT/train.log" 2>&1
+  --classifier-steps ${STEPS_C:-400} --steps ${STEPS_M:-3000} --out "$OUT/runs" > "$OUT/train.log" 2>&1
 echo "rc=$? wall=$(( $(date +%s) - t0 )) s"
 tail -3 "$OUT/train.log"; tail -2 "$OUT"/runs/*/train.csv | cut -c1-200

@@ -52,6 +52,9 @@ class DataConfig:
     # not fork-safe — a worker forked after the parent ran OpenCV in parallel can deadlock in cv2 calls.
     worker_start: str = "spawn"
     val_limit: int = 32  # evaluation samples per eval round (0 = all)
+    # Crops cut from each prepared training sample (repeated augmentation, trainer.data.MattingDataset):
+    # > 1 divides the loader's cost per crop when the loader, not the GPU, limits the step rate.
+    crops_per_item: int = 1
 
 
 @dataclass
@@ -274,6 +277,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.crop_size must be a multiple of 8 (SIMNet stride), got {cfg.data.crop_size}")
     if cfg.data.batch_size < 1 or cfg.schedule.steps < 1:
         raise ConfigError("data.batch_size and schedule.steps must be ≥ 1")
+    if cfg.data.crops_per_item < 1 or cfg.data.batch_size % cfg.data.crops_per_item:
+        raise ConfigError(
+            f"data.crops_per_item ({cfg.data.crops_per_item}) must be ≥ 1 and divide data.batch_size "
+            f"({cfg.data.batch_size}), so that a batch holds whole groups"
+        )
     if cfg.schedule.policy == "step" and cfg.schedule.decay_every < 1:
         raise ConfigError("schedule.policy = 'step' needs schedule.decay_every ≥ 1")
     if len(cfg.optim.betas) != 2:

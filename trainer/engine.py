@@ -116,24 +116,39 @@ class ResumableSampler(Sampler[tuple[int, int, int]]):
 
     Epoch e is a permutation drawn from (seed, e); rank r takes every world-th element, all ranks the
     same count (the tail of ``n mod world`` is dropped per epoch). Batches may straddle epochs.
+    ``group`` > 1 permutes runs of ``group`` consecutive indices instead, each kept together and in order
+    (the crops of one prepared sample, ``data.crops_per_item``); with 1 the stream is the plain one.
     """
 
     def __init__(
-        self, n: int, *, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1, start: int = 0
+        self,
+        n: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+        group: int = 1,
     ) -> None:
-        if n < world:
-            raise ValueError(f"dataset of {n} samples is smaller than the world size {world}")
+        if group < 1 or n % group:
+            raise ValueError(f"dataset of {n} samples is not made of whole groups of {group}")
+        if n // group < world:
+            raise ValueError(f"dataset of {n // group} sample groups is smaller than the world size {world}")
         self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
-        self.per_rank = n // world
+        self.group = group
+        self.per_rank = (n // group // world) * group
         self.start = start
 
     def _indices(self, epoch: int) -> np.ndarray:
+        groups = self.n // self.group
         order = (
-            np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            np.random.default_rng([self.seed, epoch]).permutation(groups)
             if self.shuffle
-            else np.arange(self.n)
+            else np.arange(groups)
         )
-        return order[self.rank :: self.world][: self.per_rank]
+        mine = order[self.rank :: self.world][: self.per_rank // self.group]
+        return (mine[:, None] * self.group + np.arange(self.group)).ravel()
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
         pos = self.start
@@ -147,6 +162,16 @@ class ResumableSampler(Sampler[tuple[int, int, int]]):
 
     def __len__(self) -> int:  # one epoch, for information only; iteration is endless
         return self.per_rank
+
+
+def crops_per_item(dataset: Any) -> int:
+    """The group size of a (concatenation of) trainer.data datasets; 1 for any other dataset."""
+    if isinstance(dataset, ConcatDataset):
+        sizes = {crops_per_item(d) for d in dataset.datasets}
+        if len(sizes) != 1:
+            raise ValueError(f"concatenated datasets disagree on crops_per_item: {sorted(sizes)}")
+        return sizes.pop()
+    return int(getattr(dataset, "crops_per_item", 1))
 
 
 def set_epoch(dataset: Any, epoch: int) -> None:
@@ -218,6 +243,7 @@ def build_dataset(specs: Sequence[dict[str, Any]], cfg: TrainConfig, split: str)
             split=split,
             seed=cfg.run.seed,
             view=cfg.task,
+            crops_per_item=cfg.data.crops_per_item if split == "train" else 1,
         )
         parts.extend([ds] * repeat)
     if not parts:
@@ -406,7 +432,12 @@ class Trainer:
     def _loader(self, start: int) -> DataLoader:
         dc = self.cfg.data
         sampler = ResumableSampler(
-            len(self.train_dataset), seed=self.cfg.run.seed, rank=self.rank, world=self.world, start=start
+            len(self.train_dataset),
+            seed=self.cfg.run.seed,
+            rank=self.rank,
+            world=self.world,
+            start=start,
+            group=crops_per_item(self.train_dataset),
         )
         workers = dc.num_workers
         return DataLoader(

@@ -174,6 +174,42 @@ def test_mixed_dataset() -> None:
         D.MixedDataset([a], weights=[1, 2])
 
 
+def test_crops_per_item_share_one_preparation_and_stay_deterministic(monkeypatch) -> None:
+    k = 4
+    ds = _synthetic(length=10, seed=2, crops_per_item=k)
+    assert len(ds) == 10 * k and ds.num_prepared() == 10
+    calls: list[int] = []
+    load = ds.load
+    monkeypatch.setattr(ds, "load", lambda i, rng: calls.append(i) or load(i, rng))
+    items = [ds[i] for i in range(8, 16)]  # two groups, as a batch of 8 would take them
+    assert calls == [2, 3]  # one preparation (generation, affine, two-fg) per group
+    for item in items:
+        _check_item(item)
+    # The crops of a group come from one foreground but are different crops.
+    assert len({int(it["class_id"]) for it in items[:k]}) == 1
+    assert not torch.equal(items[0]["image"], items[1]["image"])
+    # Item i is a pure function of (seed, epoch, i): the cache never changes a result.
+    fresh = _synthetic(length=10, seed=2, crops_per_item=k)
+    for j, i in enumerate((15, 8, 13)):
+        assert all(torch.equal(fresh[i][key], items[i - 8][key]) for key in D.SAMPLE_KEYS), i
+    ds.set_epoch(1)
+    assert not torch.equal(ds[8]["alpha"], items[0]["alpha"])
+    # Grouped mixtures: the items of a group map to one group of one member.
+    a, b = _synthetic(classes=["net"], length=4, crops_per_item=2), _synthetic(classes=["fire"], length=4, crops_per_item=2)
+    mix = D.MixedDataset([a, b], weights=[1, 1], length=6, seed=1, crops_per_item=2)
+    assert len(mix) == 12
+    for g in range(6):
+        (d0, j0), (d1, j1) = mix.locate(2 * g), mix.locate(2 * g + 1)
+        assert d0 == d1 and j0 % 2 == 0 and j1 == j0 + 1
+    with pytest.raises(ValueError, match="crops_per_item = 2"):
+        D.MixedDataset([a, _synthetic(length=4)], crops_per_item=2)
+    built = D.build_dataset(
+        {"kind": "mixed", "datasets": [{"kind": "synthetic", "count": 4}], "length": 3},
+        out_size=S, backgrounds=GEN, crops_per_item=2,
+    )
+    assert len(built) == 6 and built.datasets[0].crops_per_item == 2
+
+
 def test_build_dataset_specs(tmp_path) -> None:
     syn = D.build_dataset(
         {"kind": "synthetic", "count": 6, "classes": ["net"], "gen_size": 96, "crop_sizes": [64]},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -209,6 +210,36 @@ def test_deterministic_gaussian_trimap_matches_backend_encoding():
     ours = trimap_gaussian(two, distance="scipy")
     np.testing.assert_allclose(ours, trimap_gaussian(two), atol=1e-5)
     assert np.array_equal(ours, trimap_gaussian(two, distance="scipy"))
+
+
+def test_sampler_keeps_crop_groups_together():
+    seq = list(itertools.islice(iter(ResumableSampler(12, seed=5, group=3)), 24))
+    idx = [i for i, _, _ in seq]
+    for g in range(0, 24, 3):  # runs of 3 consecutive indices starting at a multiple of 3
+        assert idx[g] % 3 == 0 and idx[g : g + 3] == [idx[g], idx[g] + 1, idx[g] + 2]
+    assert sorted(idx[:12]) == list(range(12)) and len({s for _, s, _ in seq}) == 24
+    resumed = iter(ResumableSampler(12, seed=5, group=3, start=9))
+    assert [next(resumed) for _ in range(15)] == seq[9:]
+    shards = [set(itertools.islice((i for i, _, _ in ResumableSampler(12, seed=5, group=3, rank=r, world=2)), 6)) for r in (0, 1)]
+    assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 12
+    # group=1 is the plain stream
+    assert list(itertools.islice(iter(ResumableSampler(12, seed=5, group=1)), 12)) == list(
+        itertools.islice(iter(ResumableSampler(12, seed=5)), 12)
+    )
+    with pytest.raises(ValueError, match="whole groups"):
+        ResumableSampler(10, seed=0, group=3)
+
+
+def test_crops_per_item_config(tmp_path):
+    with pytest.raises(ConfigError, match="divide data.batch_size"):
+        _cfg(tmp_path, "bad", "matting", "data.crops_per_item=3")
+    cfg = _cfg(tmp_path, "grouped", "matting", "data.crops_per_item=2", "schedule.steps=2",
+               "model.smap=none",
+               "data.train=[{kind='synthetic', count=4, gen_size=96, crop_sizes=[64], classes=['net']}]")
+    tr = Trainer(cfg)
+    assert len(tr.train_dataset) == 8 and tr.train_dataset.crops_per_item == 2
+    history = tr.train()
+    assert len(history) == 2 and all(np.isfinite(h["total"]) for h in history)
 
 
 def test_sampler_resumes_and_shards():

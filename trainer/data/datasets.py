@@ -57,7 +57,7 @@ from backend.classes import SIMD_CLASSES
 from backend.evaluation import ALPHAMATTING_HELD_OUT, ALPHAMATTING_NAMES  # the fixed split: one definition
 from trainer.data.backgrounds import BackgroundSource, list_images, read_rgb
 from trainer.data.synthetic import STREAM_TEST, STREAM_TRAIN, class_index, generate_indexed
-from trainer.data.transforms import Compose, Sample, matting_pipeline
+from trainer.data.transforms import Compose, CropAroundUnknown, GenerateTrimap, Sample, matting_pipeline
 
 __all__ = [
     "ALPHAMATTING_HELD_OUT",
@@ -159,8 +159,13 @@ class MattingDataset(Dataset):
         crop_sizes: crop sides before resizing to ``out_size``.
         augment: False → no geometric / photometric augmentation (crop + trimap + composite only).
         pipeline: a custom pipeline replacing the default one (must produce every :data:`SAMPLE_KEYS` key).
-        length: items per epoch (default: the number of raw samples).
+        length: prepared samples per epoch (default: the number of raw samples).
         class_list: names that ``class_id`` indexes (default: the 20 SIMD classes).
+        crops_per_item: crops taken from each prepared sample (repeated augmentation). The costly part of
+            the pipeline (loading / generation, affine, two-foreground composition: everything before the
+            trimap and crop steps) runs once per group of ``crops_per_item`` consecutive items; each crop
+            draws its own trimap, crop window, background and photometric jitter. The dataset then holds
+            ``length × crops_per_item`` items. For a loader that, not the GPU, limits training.
     """
 
     real: bool = False  # subclasses with real photos (image + estimated fg/bg) set this
@@ -178,9 +183,12 @@ class MattingDataset(Dataset):
         pipeline: Compose | Callable[[Sample, np.random.Generator], Sample] | None = None,
         length: int | None = None,
         class_list: Sequence[str] | None = None,
+        crops_per_item: int = 1,
     ) -> None:
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if crops_per_item < 1:
+            raise ValueError(f"crops_per_item must be ≥ 1, got {crops_per_item}")
         self.out_size, self.seed, self.view, self.epoch = int(out_size), int(seed), view, 0
         self.class_list: tuple[str, ...] = tuple(class_list) if class_list is not None else SIMD_CLASSES
         if backgrounds is None:
@@ -200,6 +208,12 @@ class MattingDataset(Dataset):
                 real=self.real,
             )
         self.pipeline = pipeline
+        self.crops_per_item = int(crops_per_item)
+        if self.crops_per_item > 1:
+            if not isinstance(pipeline, Compose):
+                raise ValueError("crops_per_item > 1 needs a Compose pipeline (split before its trimap / crop)")
+            self._prepare, self._per_crop = pipeline.split_before(GenerateTrimap, CropAroundUnknown)
+        self._prepared: tuple[tuple[int, int], Sample] | None = None  # (epoch, group) → prepared sample
 
     # -- to implement ------------------------------------------------------------------------------------
     def num_raw(self) -> int:
@@ -224,16 +238,30 @@ class MattingDataset(Dataset):
     def class_id_of(self, name: str | None) -> int:
         return self.class_list.index(name) if name in self.class_list else -1
 
-    def __len__(self) -> int:
+    def num_prepared(self) -> int:
+        """Prepared samples per epoch (``length``; items = this × ``crops_per_item``)."""
         return int(self._length) if self._length is not None else self.num_raw()
+
+    def __len__(self) -> int:
+        return self.num_prepared() * self.crops_per_item
 
     def sample_numpy(self, index: int) -> Sample:
         """Item ``index`` as the numpy sample (before tensor conversion); useful for inspection."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        sample = self.load(index % self.num_raw(), rng)
-        return self.pipeline(sample, rng)
+        k = self.crops_per_item
+        if k == 1:
+            rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+            sample = self.load(index % self.num_raw(), rng)
+            return self.pipeline(sample, rng)
+        # Item i is still a pure function of (seed, epoch, i): the group's stream prepares, the item's own
+        # stream crops; the one-entry cache only saves recomputing the group (consecutive items of a batch).
+        key = (self.epoch, index // k)
+        if self._prepared is None or self._prepared[0] != key:
+            rng = np.random.default_rng([self.seed, self.epoch, key[1], k])
+            self._prepared = (key, self._prepare(self.load(key[1] % self.num_raw(), rng), rng))
+        # A shallow copy suffices: the per-crop steps replace arrays, they never write into them.
+        return self._per_crop(dict(self._prepared[1]), np.random.default_rng([self.seed, self.epoch, int(index)]))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return to_tensors(self.sample_numpy(int(index)))
@@ -501,7 +529,7 @@ class SyntheticDataset(MattingDataset):
         super().__init__(**kwargs)
 
     def num_raw(self) -> int:
-        return len(self)
+        return self.num_prepared()
 
     def _gen(self, cls: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = generate_indexed(cls, self.seed, k, self.gen_size, self.stream)
@@ -512,7 +540,7 @@ class SyntheticDataset(MattingDataset):
         cls = self.classes[index % n]
         k = index // n
         if self.fresh_per_epoch:
-            k += self.epoch * math.ceil(len(self) / n)
+            k += self.epoch * math.ceil(self.num_prepared() / n)
         self._current_class = cls
         fg, alpha = self._gen(cls, k)
         return {"fg": fg, "alpha": alpha, "class_id": self.class_id_of(cls)}
@@ -535,8 +563,10 @@ class MixedDataset(Dataset):
     Args:
         datasets: member datasets (each returning the :data:`SAMPLE_KEYS` dict of the same size).
         weights: sampling weights (default: proportional to member lengths).
-        length: items per epoch (default: sum of member lengths).
+        length: prepared samples per epoch (default: sum of member lengths / ``crops_per_item``).
         seed: base seed.
+        crops_per_item: the members' group size (see :class:`MattingDataset`): the ``crops_per_item``
+            consecutive items of a group map to one group of one member, so they share its preparation.
     """
 
     def __init__(
@@ -545,15 +575,19 @@ class MixedDataset(Dataset):
         weights: Sequence[float] | None = None,
         length: int | None = None,
         seed: int = 0,
+        crops_per_item: int = 1,
     ) -> None:
         if not datasets:
             raise ValueError("MixedDataset needs at least one dataset")
         self.datasets = list(datasets)
+        self.crops_per_item = k = int(crops_per_item)
+        if any(getattr(d, "crops_per_item", 1) != k for d in self.datasets):
+            raise ValueError(f"every member of a MixedDataset needs crops_per_item = {k}")
         w = np.asarray(weights if weights is not None else [len(d) for d in self.datasets], np.float64)  # type: ignore[arg-type]
         if w.shape != (len(self.datasets),) or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"bad weights {weights}")
         self.probs = w / w.sum()
-        self.length = int(length) if length is not None else sum(len(d) for d in self.datasets)  # type: ignore[arg-type]
+        self.length = int(length) * k if length is not None else sum(len(d) for d in self.datasets)  # type: ignore[arg-type]
         self.seed, self.epoch = int(seed), 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -567,9 +601,10 @@ class MixedDataset(Dataset):
 
     def locate(self, index: int) -> tuple[int, int]:
         """(member, member index) that item ``index`` maps to in the current epoch."""
-        rng = np.random.default_rng([self.seed, self.epoch, int(index), 0x5EED])
+        k = self.crops_per_item
+        rng = np.random.default_rng([self.seed, self.epoch, int(index) // k, 0x5EED])
         d = int(rng.choice(len(self.datasets), p=self.probs))
-        return d, int(rng.integers(len(self.datasets[d])))  # type: ignore[arg-type]
+        return d, int(rng.integers(len(self.datasets[d]) // k)) * k + int(index) % k  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.length:
@@ -592,6 +627,7 @@ _COMMON = (
     "augment",
     "length",
     "class_list",
+    "crops_per_item",
 )
 
 
@@ -606,6 +642,7 @@ def build_dataset(
     split: str = "train",
     size: int | None = None,
     classes: Sequence[str] | None = None,
+    crops_per_item: int = 1,
 ) -> Dataset:
     """Build a dataset from a config table ``{"kind": ..., **options}``.
 
@@ -624,6 +661,7 @@ def build_dataset(
         view: default view (a spec may override it).
         class_list: the model's class names that ``class_id`` indexes (``classes`` is an alias); a spec
             cannot override it. None → the 20 SIMD classes.
+        crops_per_item: crops per prepared sample (see :class:`MattingDataset`); a spec may override it.
         backgrounds: a ``BackgroundSource`` or folders (default: :func:`default_backgrounds`).
         split: ``"train"``, or ``"val"`` / ``"test"`` for evaluation data: augmentation off by default,
             synthetic data from the test stream with a fixed set, alphamatting from the held-out images.
@@ -641,6 +679,7 @@ def build_dataset(
         "view": view,
         "class_list": class_list,
         "backgrounds": backgrounds,
+        "crops_per_item": crops_per_item,
     }
     if evaluating:
         common["augment"] = False
@@ -679,10 +718,15 @@ def build_dataset(
                 class_list=class_list,
                 backgrounds=backgrounds,
                 split=split,
+                crops_per_item=common["crops_per_item"],
             )
             for i, s in enumerate(opts.pop("datasets"))
         ]
         return MixedDataset(
-            members, opts.pop("weights", None), opts.pop("length", common.get("length")), seed=common["seed"]
+            members,
+            opts.pop("weights", None),
+            opts.pop("length", common.get("length")),
+            seed=common["seed"],
+            crops_per_item=common["crops_per_item"],
         )
     raise ValueError(f"unknown dataset kind {kind!r} (synthetic, composition, alphamatting, mixed)")

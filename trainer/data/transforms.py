@@ -120,6 +120,14 @@ class Compose:
     def __repr__(self) -> str:
         return "Compose(" + ", ".join(type(s).__name__ for s in self.steps) + ")"
 
+    def split_before(self, *types: type) -> tuple[Compose, Compose]:
+        """(the steps before the first step of one of ``types``, that step and the rest)."""
+        for i, step in enumerate(self.steps):
+            if isinstance(step, types):
+                return Compose(self.steps[:i]), Compose(self.steps[i:])
+        names = ", ".join(t.__name__ for t in types)
+        raise ValueError(f"{self!r} has no {names} step to split before")
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Trimaps
