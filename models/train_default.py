@@ -11,7 +11,8 @@ Everything goes through the trainer's public API; each run directory keeps its r
         --classifier-steps 400 --steps 3000 --out $OUT/runs     # ~8 device-minutes on an H100/H200
     python3 models/train_default.py --phase ship --init runs/default/matting/matting.pt --note "..."
 
-``ship`` writes the fp16 copy into backend/weights/ (the classifier file is shipped as is).
+``ship`` writes the fp16 matting network into backend/weights/, and beside it the classifier it was trained
+with (the run's ``meta["classifier"]`` file, fp16) unless that is already the shipped file.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from backend.models.weights import load_weights, save_checkpoint
 from trainer.config import load_config
 from trainer.engine import train
 
-SHIPPED = Path(__file__).resolve().parents[1] / "backend" / "weights" / "semantic-matte-matting.pt"
+WEIGHTS = Path(__file__).resolve().parents[1] / "backend" / "weights"
+MATTING_FILE, CLASSIFIER_FILE = "semantic-matte-matting.pt", "semantic-matte-classifier.pt"
 
 CONFIGS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 # The recipe (architectures, data mix, losses, optimiser) is trainer/configs/default_*.toml; these lists
@@ -50,6 +52,29 @@ def matting_config(overrides: list[str], weights: tuple[float, float] | None = N
                        BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
 
 
+def ship(matting: Path, note: str = "", dest: Path = WEIGHTS) -> list[Path]:
+    """fp16 copies of a run's matting network and of the classifier it was trained with (the file its meta
+    names, beside it) as the default model. A network paired with another classifier than the one it
+    learned the semantic trimap from would get inputs it never saw, so the two always ship together."""
+    w = load_weights(matting, "matting")
+    trained_with = matting.parent / w.meta["classifier"] if w.meta.get("classifier") else None
+    if trained_with is None or not trained_with.is_file():
+        raise SystemExit(f"{matting}: the classifier it was trained with is not beside it (meta {w.meta.get('classifier')!r})")
+    meta = {k: v for k, v in w.meta.items() if k != "run"}  # a local run folder means nothing once shipped
+    meta.update(classifier=CLASSIFIER_FILE, foreground_head=True)
+    if note:
+        meta["trained_steps"] = note
+    written = [save_checkpoint(dest / MATTING_FILE, w.model, kind="matting", classes=w.classes, meta=meta, half=True)]
+    shipped = dest / CLASSIFIER_FILE
+    if not shipped.is_file() or trained_with.read_bytes() != shipped.read_bytes():
+        c = load_weights(trained_with, "classifier")
+        cmeta = {k: v for k, v in c.meta.items() if k != "run"}
+        written.append(save_checkpoint(shipped, c.model, kind="classifier", classes=c.classes, meta=cmeta, half=True))
+    for path in written:
+        print(path)
+    return written
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--phase", choices=["gpu", "gpu-continue", "cpu-continue", "ship"], default="gpu")
@@ -62,14 +87,11 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path, default=Path("backend/weights/semantic-matte-classifier.pt"))
     ap.add_argument("--crops-per-item", type=int, default=4,
                     help="gpu-continue: crops per prepared sample (data.crops_per_item; the loader limited the GPU)")
+    ap.add_argument("--ship-dir", type=Path, default=WEIGHTS, help="ship: where the shipped files go")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
     if args.phase == "ship":
-        w = load_weights(args.init, "matting")
-        meta = dict(w.meta, classifier="semantic-matte-classifier.pt", foreground_head=True)
-        if args.note:
-            meta["trained_steps"] = args.note
-        print(save_checkpoint(SHIPPED, w.model, kind="matting", classes=w.classes, meta=meta, half=True))
+        ship(args.init, args.note, args.ship_dir)
         return
     out = [f"run.out_dir={args.out}"]
     if args.phase == "gpu":

@@ -304,6 +304,38 @@ def test_default_recipe_script_builds_on_the_toml_configs():
     assert cpu.data.train[0]["weights"] == [0.3, 0.7] and cpu.optim.weight_decay == gpu.optim.weight_decay
 
 
+def test_ship_writes_the_network_and_the_classifier_it_was_trained_with(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "models" / "train_default.py"
+    spec = importlib.util.spec_from_file_location("train_default", path)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    run, dest = tmp_path / "run", tmp_path / "weights"
+    classes = ["a", "b", "c"]
+    save_checkpoint(run / "clf.pt", build_model("classifier_tiny", num_classes=3), kind="classifier", classes=classes,
+                    meta={"arch": "classifier_tiny", "run": str(run)})
+    net = build_model("sim_tiny", num_classes=3)
+    save_checkpoint(run / "matting.pt", net, kind="matting", classes=classes,
+                    meta={"arch": "sim_tiny", "classifier": "clf.pt", "run": str(run)})
+    written = recipe.ship(run / "matting.pt", "12 steps", dest)
+    assert [p.name for p in written] == [recipe.MATTING_FILE, recipe.CLASSIFIER_FILE]
+    m, c = load_weights(dest / recipe.MATTING_FILE, "matting"), load_weights(dest / recipe.CLASSIFIER_FILE, "classifier")
+    assert m.meta == {"arch": "sim_tiny", "classifier": recipe.CLASSIFIER_FILE, "foreground_head": True,
+                      "trained_steps": "12 steps"}
+    assert "run" not in c.meta and list(c.classes) == classes
+    raw = torch.load(dest / recipe.MATTING_FILE, weights_only=False)["state_dict"]
+    assert all(v.dtype == torch.float16 for v in raw.values() if v.is_floating_point())
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(m.model.state_dict()[k].float(), v.half().float())
+    # Already shipped (same bytes): only the network is rewritten.
+    (run / "clf.pt").write_bytes((dest / recipe.CLASSIFIER_FILE).read_bytes())
+    assert [p.name for p in recipe.ship(run / "matting.pt", "", dest)] == [recipe.MATTING_FILE]
+    (run / "clf.pt").unlink()
+    with pytest.raises(SystemExit, match="not beside it"):
+        recipe.ship(run / "matting.pt", "", dest)
+
+
 def test_lr_schedule_shapes():
     cfg = load_config(
         None,
