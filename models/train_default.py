@@ -103,7 +103,7 @@ def main() -> None:
     elif args.phase == "gpu-continue":
         # Both networks continue from the shipped files (or --init / --classifier), the classifier first; a
         # snapshot every 250 steps, so a device session that ends early still brings a usable run back.
-        # Repeated crops and the trimap encoding on the GPU (automatic on CUDA) feed it ~2.4x more crops/s
+        # Repeated crops and the trimap encoding on the GPU (automatic on CUDA) feed it ~2.3x more crops/s
         # (bench/bench_loader.py).
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
                "run.ckpt_every=250", "run.keep_ckpts=1", f"data.crops_per_item={args.crops_per_item}"]
