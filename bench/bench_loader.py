@@ -10,8 +10,8 @@ this measures the two loader levers against the loader the shipped model was tra
   step then encodes the batch on the GPU, which this CPU bench does not time);
 * ``+ k crops``: ``data.crops_per_item = k`` (repeated augmentation: one preparation, k crops).
 
-Each row: a fresh DataLoader over the config's training data (``SeededDataset`` + ``ResumableSampler``,
-exactly what the trainer builds), the first ``--warmup`` batches dropped (worker start-up, caches), then
+Each row: a fresh ``trainer.engine.train_loader`` over the config's training data (the trainer's own
+loader), the first ``--warmup`` batches dropped (worker start-up, caches), then
 crops/s over ``--batches`` batches and the per-crop worker time (workers × wall / crops). The default
 ``--workers 0`` builds the batches in this process on one core: the pure per-crop cost, which the trainer's
 N workers divide by N (with workers on a 2-core machine the main process competes with them for the cores).
@@ -26,31 +26,21 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trainer.config import load_config
-from trainer.engine import ResumableSampler, SeededDataset, _worker_init, build_dataset, prepare_dataset
+from trainer.engine import build_dataset, prepare_dataset, train_loader
 from trainer.tasks import MattingCollate
 
 
 def crops_per_second(config: Path, crops_per_item: int, on_device: bool, args: argparse.Namespace) -> float:
-    cfg = load_config(config, [f"data.batch_size={args.batch}", f"data.crops_per_item={crops_per_item}"])
+    cfg = load_config(config, [f"data.batch_size={args.batch}", f"data.crops_per_item={crops_per_item}",
+                               f"data.num_workers={args.workers}"])
     dataset = build_dataset(cfg.data.train, cfg, "train")
     prepare_dataset(dataset)
-    loader = DataLoader(
-        SeededDataset(dataset),
-        batch_size=args.batch,
-        sampler=ResumableSampler(len(dataset), seed=0, group=crops_per_item),
-        num_workers=args.workers,
-        collate_fn=MattingCollate(on_device=on_device),
-        prefetch_factor=4 if args.workers else None,
-        worker_init_fn=_worker_init if args.workers else None,
-        multiprocessing_context="spawn" if args.workers else None,
-    )
-    it = iter(loader)
+    it = iter(train_loader(dataset, cfg, MattingCollate(on_device=on_device), device=torch.device("cpu")))
     for _ in range(args.warmup):
         next(it)
     t0 = time.perf_counter()

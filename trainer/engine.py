@@ -222,6 +222,45 @@ def _worker_init(worker_id: int) -> None:
     cv2.setNumThreads(1)  # the workers already run in parallel; OpenCV threads would oversubscribe the CPU
 
 
+def train_loader(
+    dataset: Dataset,
+    cfg: TrainConfig,
+    collate: Callable[[list[Any]], Any],
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+    start: int = 0,
+) -> DataLoader:
+    """The training loader: an endless, resumable stream from sampler position ``start`` (this rank's
+    share, crop groups kept together), batches of ``data.batch_size`` built by ``data.num_workers`` workers."""
+    dc = cfg.data
+    sampler = ResumableSampler(
+        len(dataset),  # type: ignore[arg-type]
+        seed=cfg.run.seed,
+        rank=rank,
+        world=world,
+        start=start,
+        group=crops_per_item(dataset),
+    )
+    workers = dc.num_workers
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=dc.batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=dc.pin_memory and device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=dc.prefetch_factor if workers else None,
+        worker_init_fn=_worker_init if workers else None,
+        multiprocessing_context=dc.worker_start if workers else None,
+        # A private generator: creating the loader must not advance the global torch RNG.
+        generator=torch.Generator().manual_seed(cfg.run.seed),
+    )
+
+
 def build_dataset(specs: Sequence[dict[str, Any]], cfg: TrainConfig, split: str) -> Dataset | None:
     """Datasets from ``data.train`` / ``data.val`` specs (each ``{kind = ..., ...}``), concatenated.
 
@@ -430,31 +469,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
 
     def _loader(self, start: int) -> DataLoader:
-        dc = self.cfg.data
-        sampler = ResumableSampler(
-            len(self.train_dataset),
-            seed=self.cfg.run.seed,
-            rank=self.rank,
-            world=self.world,
-            start=start,
-            group=crops_per_item(self.train_dataset),
-        )
-        workers = dc.num_workers
-        return DataLoader(
-            SeededDataset(self.train_dataset),
-            batch_size=dc.batch_size,
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=self.task.collate,
-            pin_memory=dc.pin_memory and self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=workers > 0,
-            prefetch_factor=dc.prefetch_factor if workers else None,
-            worker_init_fn=_worker_init if workers else None,
-            multiprocessing_context=dc.worker_start if workers else None,
-            # A private generator: creating the loader must not advance the global torch RNG.
-            generator=torch.Generator().manual_seed(self.cfg.run.seed),
-        )
+        return train_loader(self.train_dataset, self.cfg, self.task.collate, device=self.device, rank=self.rank,
+                            world=self.world, start=start)
 
     def state_dict(self) -> dict[str, Any]:
         rng = rng_state()
