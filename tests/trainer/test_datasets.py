@@ -190,7 +190,7 @@ def test_crops_per_item_share_one_preparation_and_stay_deterministic(monkeypatch
     assert not torch.equal(items[0]["image"], items[1]["image"])
     # Item i is a pure function of (seed, epoch, i): the cache never changes a result.
     fresh = _synthetic(length=10, seed=2, crops_per_item=k)
-    for j, i in enumerate((15, 8, 13)):
+    for i in (15, 8, 13):
         assert all(torch.equal(fresh[i][key], items[i - 8][key]) for key in D.SAMPLE_KEYS), i
     ds.set_epoch(1)
     assert not torch.equal(ds[8]["alpha"], items[0]["alpha"])

@@ -289,13 +289,19 @@ def test_shipped_configs_parse(name):
     assert cfg.task == "matting"
 
 
-def test_default_recipe_script_builds_on_the_toml_configs():
+def _recipe_script():
+    """models/train_default.py as a module (it is a script, not part of a package)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[2] / "models" / "train_default.py"
     spec = importlib.util.spec_from_file_location("train_default", path)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    return recipe
+
+
+def test_default_recipe_script_builds_on_the_toml_configs():
+    recipe = _recipe_script()
     clf = recipe.classifier_config(["schedule.steps=200"])
     assert (clf.task, clf.model.arch, clf.data.batch_size, clf.data.val) == ("classifier", "classifier_lite", 64, [])
     gpu = recipe.matting_config(["data.batch_size=32"])
@@ -305,12 +311,7 @@ def test_default_recipe_script_builds_on_the_toml_configs():
 
 
 def test_ship_writes_the_network_and_the_classifier_it_was_trained_with(tmp_path):
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "models" / "train_default.py"
-    spec = importlib.util.spec_from_file_location("train_default", path)
-    recipe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recipe)
+    recipe = _recipe_script()
     run, dest = tmp_path / "run", tmp_path / "weights"
     classes = ["a", "b", "c"]
     save_checkpoint(run / "clf.pt", build_model("classifier_tiny", num_classes=3), kind="classifier", classes=classes,
