@@ -349,6 +349,11 @@ def _encode(arr: np.ndarray, suffix: str) -> bytes:
     return out.getvalue()
 
 
+# The process umask, read once at import (reading it means setting it, which is not thread-safe later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _write_atomic(path: PathLike, data: bytes) -> Path:
     # Write to a temporary file in the same folder, then rename: a crash or a concurrent reader
     # never sees a half-written PNG (batch jobs and the daemon write next to watched folders).
@@ -356,6 +361,8 @@ def _write_atomic(path: PathLike, data: bytes) -> Path:
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        # mkstemp creates 0600; give the result the mode a plain open() would (0666 minus the umask).
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, p)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import struct
 import zlib
 from pathlib import Path
@@ -307,6 +310,10 @@ def test_write_alpha_8_and_16_roundtrip(tmp_path):
     write_alpha(tmp_path / "u8.png", A8)
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "u8.png")), A8)
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp files
+    # the mode a plain open() gives (mkstemp's 0600 would hide outputs from other users and services)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(p8.stat().st_mode) == 0o666 & ~umask
 
 
 def test_write_rgb_and_rgba(tmp_path):
