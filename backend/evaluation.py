@@ -70,9 +70,19 @@ ALPHAMATTING_NAMES: tuple[str, ...] = tuple(f"GT{i:02d}" for i in range(1, 28))
 ALPHAMATTING_HELD_OUT: tuple[str, ...] = ("GT02", "GT05", "GT08", "GT11", "GT14", "GT17", "GT20", "GT23", "GT26")
 
 
+# Three training photos that a run may leave out of its training data to select snapshots on (real photos,
+# unlike the procedural test set, and never the held-out ones).
+ALPHAMATTING_VALIDATION: tuple[str, ...] = ("GT01", "GT10", "GT19")
+
+
 def held_out_samples(samples: list[Sample]) -> list[Sample]:
     """The fixed held-out alphamatting images among ``samples`` (evaluation of the default model)."""
     return [s for s in samples if s.name in ALPHAMATTING_HELD_OUT]
+
+
+def validation_samples(samples: list[Sample]) -> list[Sample]:
+    """The model-selection photos (:data:`ALPHAMATTING_VALIDATION`) among ``samples``."""
+    return [s for s in samples if s.name in ALPHAMATTING_VALIDATION]
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ Writes ``report.md`` (+ contact sheets per part) into ``--out``:
 * the ablation without the semantic trimap (all-zero map) on both.
 
     python bench/bench_quality.py --out docs/report
+    python bench/bench_quality.py --validation runs/x/matting_step*.pt   # model selection: GT01, GT10, GT19
 """
 
 from __future__ import annotations
@@ -48,6 +49,22 @@ def run(predictor: MattingPredictor, samples: list, semantic: bool, out_dir: Pat
     return result
 
 
+def validation(weights: list[Path], classifier: Path | None) -> None:
+    """Mean SAD of each matting weights file on the validation photos (both trimap sets): the number a run
+    that left them out of its training data selects its snapshot on. Prints a table; writes nothing."""
+    alphamatting = SHARED / "data" / "alphamatting"
+    sets = {t: evaluation.validation_samples(evaluation.find_samples(alphamatting, trimap_set=t))
+            for t in ("trimap1", "trimap2")}
+    cols = [f"{s.name} {t[0].upper()}{t[-1]}" for t, samples in sets.items() for s in samples]
+    print("| weights | steps | " + " | ".join(cols) + " | mean SAD |")
+    print("|---|--:|" + "--:|" * (len(cols) + 1))
+    for w in weights:
+        predictor = MattingPredictor.from_pretrained(w, classifier, device="cpu")
+        sads = [r.metrics["sad"] for samples in sets.values() for r in run(predictor, samples, True, None, "").results]
+        print(f"| {w} | {predictor.info().get('trained_steps', '?')} | " + " | ".join(f"{v:.2f}" for v in sads)
+              + f" | **{np.mean(sads):.3f}** |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "report")
@@ -55,7 +72,12 @@ def main() -> None:
     ap.add_argument("--classifier", type=Path)
     ap.add_argument("--per-class", type=int, default=3, help="procedural test images per class")
     ap.add_argument("--size", type=int, default=512, help="procedural test image size")
+    ap.add_argument("--validation", type=Path, nargs="+", metavar="WEIGHTS",
+                    help="only score these matting weights files on the validation photos GT01, GT10, GT19")
     args = ap.parse_args()
+    if args.validation:
+        validation(args.validation, args.classifier)
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     predictor = MattingPredictor.from_pretrained(args.weights, args.classifier, device="cpu")
     info = predictor.info()

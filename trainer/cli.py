@@ -1,7 +1,8 @@
-"""`semantic-matte train …`: classifier | discriminator | matting | custom.
+"""`semantic-matte train …`: classifier | discriminator | matting | custom | export.
 
     semantic-matte train matting --config trainer/configs/default_sim_lite.toml [key=value ...] [--resume]
     semantic-matte train custom --classes cat,dog,bird --data DIR [--out DIR] [--steps N]
+    semantic-matte train export RUN/checkpoints/step_00000250.pt [-o weights.pt]
     torchrun --nproc-per-node 2 -m trainer.cli train matting --config ...   # DistributedDataParallel
 
 Imports stay light at module level (``backend.cli`` builds its parser from ``add_cli`` on every call);
@@ -80,6 +81,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_guarded(run)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    def run() -> None:
+        from trainer.engine import export_snapshot
+
+        print(f"weights: {export_snapshot(args.snapshot, args.out)}")
+
+    return _run_guarded(run)
+
+
 def cmd_custom(args: argparse.Namespace) -> int:
     _setup_logging()
     from trainer.custom import train_custom
@@ -130,6 +140,13 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoints/last")
         p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
         p.set_defaults(func=cmd_train, task=task)
+
+    p = sub.add_parser(
+        "export", help="a training snapshot (<run>/checkpoints/step_N.pt) as a weights file the daemon loads"
+    )
+    p.add_argument("snapshot", type=Path, help="snapshot file")
+    p.add_argument("-o", "--out", type=Path, help="weights file (default <run>/<task>_step<N>.pt)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "custom", help="train classifier, discriminator and matting model for your own classes"

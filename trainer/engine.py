@@ -37,7 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from backend.predictor import PRECISIONS  # run.precision → autocast dtype (None: fp32), as at inference
 from trainer.checkpoint import find_last, load_snapshot, rng_state, save_snapshot, set_rng_state, unwrap
-from trainer.config import ScheduleConfig, TrainConfig, save_config
+from trainer.config import ScheduleConfig, TrainConfig, config_from_dict, save_config
 from trainer.tasks import Task, build_task, to_device
 
 log = logging.getLogger(__name__)
@@ -679,6 +679,21 @@ class Trainer:
         """The trained network in the backend weights format (``<run_dir>/<task>.pt``)."""
         path = path or self.run_dir / f"{self.task.name}.pt"
         return self.task.export(path, {"trained_steps": self.step, "run": str(self.run_dir)})
+
+
+def export_snapshot(snapshot: str | Path, out: str | Path | None = None) -> Path:
+    """The network of a training snapshot in the backend weights format, as the finished run would have
+    exported it (default ``<run dir>/<task>_step<N>.pt``): to evaluate the snapshots of a run, or ship one
+    from a run cut short. The frozen helpers the config names (the classifier) must still exist."""
+    snapshot = Path(snapshot)
+    snap = load_snapshot(snapshot)
+    data = dict(snap["config"])
+    data["model"] = {**data["model"], "init": ""}  # the snapshot holds the weights; skip loading the init file
+    task = build_task(config_from_dict(data), torch.device("cpu"))
+    task.model.load_state_dict(snap["models"][task.name])
+    step, run_dir = int(snap["step"]), snapshot.resolve().parent.parent
+    out = Path(out) if out is not None else run_dir / f"{task.name}_step{step:08d}.pt"
+    return task.export(out, {"trained_steps": step, "run": str(run_dir)})
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, **kwargs: Any) -> Trainer:

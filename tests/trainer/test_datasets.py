@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from backend.classes import SIMD_CLASSES
+from backend.evaluation import ALPHAMATTING_VALIDATION
 from trainer.data import datasets as D
 from trainer.data.backgrounds import BackgroundSource
 from trainer.data.synthetic import write_dataset
@@ -105,6 +106,8 @@ def test_composition_dataset_dim_layout(tmp_path) -> None:
 def test_held_out_split_is_enforced() -> None:
     assert len(D.ALPHAMATTING_HELD_OUT) == 9 and len(D.ALPHAMATTING_TRAIN) == 18
     assert not set(D.ALPHAMATTING_HELD_OUT) & set(D.ALPHAMATTING_TRAIN)
+    # the model-selection photos are training photos a run may leave out, never held-out ones
+    assert set(ALPHAMATTING_VALIDATION) < set(D.ALPHAMATTING_TRAIN)
     D.check_trainable(["GT01", "GT27"])
     with pytest.raises(D.HeldOutError, match="GT02"):
         D.check_trainable(["GT01", "GT02"])

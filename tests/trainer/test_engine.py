@@ -16,7 +16,7 @@ from backend.models.registry import build_model
 from backend.models.weights import load_weights, save_checkpoint
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
-from trainer.engine import ResumableSampler, Trainer, lr_factor
+from trainer.engine import ResumableSampler, Trainer, export_snapshot, lr_factor
 from trainer.tasks import MattingCollate
 
 NUM_CLASSES = 3
@@ -200,6 +200,22 @@ def test_snapshot_contents_and_last_pointer(tmp_path):
     assert snap["config"]["model"]["arch"] == "classifier_tiny"
     saved = json.loads((tmp_path / "snap" / "config.json").read_text())
     assert saved == snap["config"]
+
+
+def test_exported_snapshot_equals_the_finished_runs_weights(tmp_path, helpers):
+    """`semantic-matte train export` turns the last snapshot into the same network the run exports, with the
+    classifier it was trained with beside it, loadable by the backend."""
+    ds = ToyMattingDataset(8, 64, NUM_CLASSES)
+    cfg = _cfg(tmp_path, "exp", "matting", "schedule.steps=3", "run.ckpt_every=3",
+               f"model.classifier={helpers['classifier']}")
+    run = Trainer(cfg, train_dataset=ds)
+    run.train()
+    out = export_snapshot(ckpt.find_last(tmp_path / "exp"), tmp_path / "out" / "snap.pt")
+    got, want = load_weights(out, "matting"), load_weights(run.exported, "matting")
+    assert got.meta["trained_steps"] == 3 and got.meta["classifier"] == "classifier.pt"
+    assert (tmp_path / "out" / "classifier.pt").is_file()
+    a, b = got.model.state_dict(), want.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_deterministic_gaussian_trimap_matches_backend_encoding():
