@@ -7,7 +7,10 @@ set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt"
-[ -d .whl ] && pip install -q --no-deps .whl/*.whl 2>&1 | tail -1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 3
+fi
 python3 -c "import torch, zmq, msgpack; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 3
 timeout 240 python3 bench/bench_gpu.py --json "$OUT/bench_gpu.json" > "$OUT/bench_gpu.md" 2> "$OUT/bench_gpu.log"
 echo "bench_gpu rc=$?"; cat "$OUT/bench_gpu.md"

@@ -23,7 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.evaluation import ALPHAMATTING_VALIDATION
 from backend.models.weights import load_weights, save_checkpoint
+from trainer.data.datasets import ALPHAMATTING_TRAIN
 from trainer.config import load_config
 from trainer.engine import train
 
@@ -42,11 +44,17 @@ def classifier_config(overrides: list[str]):
     return load_config(CONFIGS / "default_classifier_lite.toml", BUDGET + CLASSIFIER + overrides)
 
 
-def matting_config(overrides: list[str], weights: tuple[float, float] | None = None):
+def matting_config(overrides: list[str], weights: tuple[float, float] | None = None, hold_validation: bool = False):
+    """The TOML recipe with the budget ``overrides``; ``weights``: another share of procedural data vs the
+    alphamatting training photos; ``hold_validation``: train on 15 photos, leaving GT01, GT10, GT19 to select
+    snapshots on (``bench/bench_quality.py --validation``)."""
     mix = []
-    if weights is not None:  # another share of procedural data vs the 18 alphamatting training photos
-        mix = [f'data.train=[{{kind="mixed", datasets=[{{kind="synthetic"}}, {{kind="alphamatting", split="train"}}], '
-               f'weights=[{weights[0]}, {weights[1]}]}}]']
+    if weights is not None or hold_validation:
+        share = weights or (0.6, 0.4)  # the TOML's mix
+        names = "" if not hold_validation else ", names=[" + ", ".join(
+            f'"{n}"' for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION) + "]"
+        mix = [f'data.train=[{{kind="mixed", datasets=[{{kind="synthetic"}}, {{kind="alphamatting", split="train"{names}}}], '
+               f'weights=[{share[0]}, {share[1]}]}}]']
     # no discriminator for these budgets: L_c / L_f off
     return load_config(CONFIGS / "default_sim_lite.toml",
                        BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
@@ -88,6 +96,8 @@ def main() -> None:
     ap.add_argument("--crops-per-item", type=int, default=4,
                     help="gpu-continue: crops per prepared sample (data.crops_per_item; the loader limited the GPU)")
     ap.add_argument("--ship-dir", type=Path, default=WEIGHTS, help="ship: where the shipped files go")
+    ap.add_argument("--hold-validation", action="store_true",
+                    help="gpu-continue / cpu-continue: keep GT01, GT10, GT19 out of training, to select snapshots on")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
     if args.phase == "ship":
@@ -106,18 +116,19 @@ def main() -> None:
         # Repeated crops and the trimap encoding on the GPU (automatic on CUDA) feed it ~2.3x more crops/s
         # (bench/bench_loader.py).
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
-               "run.ckpt_every=250", "run.keep_ckpts=1", f"data.crops_per_item={args.crops_per_item}"]
+               "run.ckpt_every=250", "run.keep_ckpts=4", f"data.crops_per_item={args.crops_per_item}"]
         clf = train(classifier_config(dev + out + [
             f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
             resume=True).exported
         run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", "optim.lr=5e-4", "data.batch_size=32",
-            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"], (0.5, 0.5)), resume=True)
+            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"], (0.5, 0.5), args.hold_validation), resume=True)
     else:
         run = train(matting_config(out + [
             "run.device=cpu", "run.precision=fp32", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
             f"model.classifier={args.classifier}", "optim.lr=2e-4", "data.batch_size=8", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"], (0.3, 0.7)), resume=True)
+            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"], (0.3, 0.7), args.hold_validation),
+            resume=True)
     print(run.exported, run.history[-1])
 
 

@@ -85,7 +85,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     def run() -> None:
         from trainer.engine import export_snapshot
 
-        print(f"weights: {export_snapshot(args.snapshot, args.out)}")
+        print(f"weights: {export_snapshot(args.snapshot, args.out, half=args.half)}")
 
     return _run_guarded(run)
 
@@ -146,6 +146,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("snapshot", type=Path, help="snapshot file")
     p.add_argument("-o", "--out", type=Path, help="weights file (default <run>/<task>_step<N>.pt)")
+    p.add_argument("--half", action="store_true", help="store fp16 (half the size; the daemon computes in fp32)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

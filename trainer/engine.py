@@ -681,10 +681,11 @@ class Trainer:
         return self.task.export(path, {"trained_steps": self.step, "run": str(self.run_dir)})
 
 
-def export_snapshot(snapshot: str | Path, out: str | Path | None = None) -> Path:
+def export_snapshot(snapshot: str | Path, out: str | Path | None = None, *, half: bool = False) -> Path:
     """The network of a training snapshot in the backend weights format, as the finished run would have
-    exported it (default ``<run dir>/<task>_step<N>.pt``): to evaluate the snapshots of a run, or ship one
-    from a run cut short. The frozen helpers the config names (the classifier) must still exist."""
+    exported it (default ``<run dir>/<task>_step<N>.pt``; ``half``: fp16 storage, half the size): to evaluate
+    the snapshots of a run, or ship one from a run cut short. The frozen helpers the config names (the
+    classifier) must still exist."""
     snapshot = Path(snapshot)
     snap = load_snapshot(snapshot)
     data = dict(snap["config"])
@@ -693,7 +694,7 @@ def export_snapshot(snapshot: str | Path, out: str | Path | None = None) -> Path
     task.model.load_state_dict(snap["models"][task.name])
     step, run_dir = int(snap["step"]), snapshot.resolve().parent.parent
     out = Path(out) if out is not None else run_dir / f"{task.name}_step{step:08d}.pt"
-    return task.export(out, {"trained_steps": step, "run": str(run_dir)})
+    return task.export(out, {"trained_steps": step, "run": str(run_dir)}, half)
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, **kwargs: Any) -> Trainer:

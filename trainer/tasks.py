@@ -171,13 +171,14 @@ class Task:
     def evaluate(self, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
         raise NotImplementedError
 
-    def export(self, path: Path, extra_meta: dict[str, Any] | None = None) -> Path:
+    def export(self, path: Path, extra_meta: dict[str, Any] | None = None, half: bool = False) -> Path:
         return export_weights(
             self.model,
             path,
             kind=self.name,
             classes=self.classes,
             meta={"arch": self.cfg.model.arch, **(extra_meta or {})},
+            half=half,
         )
 
 
@@ -231,8 +232,8 @@ class DiscriminatorTask(_ClassificationTask):
     def inputs(self, batch: dict[str, Any]) -> torch.Tensor:
         return discriminator_input(batch["alpha"], batch["fg"], self.cfg.loss.disc_input)
 
-    def export(self, path: Path, extra_meta: dict[str, Any] | None = None) -> Path:
-        return super().export(path, {"disc_input": self.cfg.loss.disc_input, **(extra_meta or {})})
+    def export(self, path: Path, extra_meta: dict[str, Any] | None = None, half: bool = False) -> Path:
+        return super().export(path, {"disc_input": self.cfg.loss.disc_input, **(extra_meta or {})}, half)
 
 
 class MattingTask(Task):
@@ -345,7 +346,7 @@ class MattingTask(Task):
         overall = acc.summary()["overall"]
         return {k: float(v) for k, v in overall.items()}
 
-    def export(self, path: Path, extra_meta: dict[str, Any] | None = None) -> Path:
+    def export(self, path: Path, extra_meta: dict[str, Any] | None = None, half: bool = False) -> Path:
         """Matting weights plus, beside them, the classifier they were trained with (the predictor finds it
         through ``meta["classifier"]``)."""
         meta: dict[str, Any] = {"foreground_head": True, "smap": self.cfg.model.smap}
@@ -356,7 +357,7 @@ class MattingTask(Task):
             if src.resolve() != dst.resolve():
                 shutil.copyfile(src, dst)
             meta["classifier"] = dst.name
-        return super().export(path, {**meta, **(extra_meta or {})})
+        return super().export(path, {**meta, **(extra_meta or {})}, half)
 
 
 TASK_CLASSES: dict[str, type[Task]] = {

@@ -216,6 +216,10 @@ def test_exported_snapshot_equals_the_finished_runs_weights(tmp_path, helpers):
     assert (tmp_path / "out" / "classifier.pt").is_file()
     a, b = got.model.state_dict(), want.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    small = export_snapshot(ckpt.find_last(tmp_path / "exp"), tmp_path / "out" / "half.pt", half=True)
+    assert small.stat().st_size < 0.6 * out.stat().st_size
+    c = load_weights(small, "matting").model.state_dict()
+    assert all(torch.allclose(c[k].float(), a[k].float(), rtol=1e-3, atol=1e-4) for k in a)
 
 
 def test_deterministic_gaussian_trimap_matches_backend_encoding():
@@ -324,6 +328,9 @@ def test_default_recipe_script_builds_on_the_toml_configs():
     assert gpu.model.arch == "sim_lite" and gpu.model.discriminator == "" and gpu.data.train[0]["weights"] == [0.6, 0.4]
     cpu = recipe.matting_config([], (0.3, 0.7))
     assert cpu.data.train[0]["weights"] == [0.3, 0.7] and cpu.optim.weight_decay == gpu.optim.weight_decay
+    held = recipe.matting_config([], hold_validation=True).data.train[0]
+    photos = held["datasets"][1]["names"]
+    assert held["weights"] == [0.6, 0.4] and len(photos) == 15 and not {"GT01", "GT10", "GT19"} & set(photos)
 
 
 def test_ship_writes_the_network_and_the_classifier_it_was_trained_with(tmp_path):
