@@ -97,6 +97,7 @@ class RunConfig:
     precision: str = "fp32"
     device: str = "auto"
     threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    channels_last: bool = False  # NHWC network + batch: oneDNN's faster convolutions (bf16 CPU step −20 %)
     log_every: int = 10
     eval_every: int = 0  # 0 = only at the end (when val data exists)
     ckpt_every: int = 500

@@ -413,6 +413,8 @@ class Trainer:
 
         self.task: Task = build_task(cfg, self.device)
         model = self.task.model.to(self.device)
+        if cfg.run.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # parameters only; the state dict keeps its keys
         if self.distributed and self.device.type == "cuda" and cfg.model.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.task.model = model
@@ -537,7 +539,7 @@ class Trainer:
     def run_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """One optimisation step; returns the loss terms, or None when the step was skipped (non-finite)."""
         self.model.train()
-        batch = to_device(batch, self.device)
+        batch = to_device(batch, self.device, self.cfg.run.channels_last)
         with self._autocast():
             terms = self.task.step(self.model, batch)
         loss = terms["total"]

@@ -71,9 +71,14 @@ class MattingCollate:
         return batch
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """The batch on ``device``; ``channels_last``: image-like (4-D) tensors in NHWC layout as well."""
     nb = device.type == "cuda"
-    return {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    out = {k: v.to(device, non_blocking=nb) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if channels_last:
+        out = {k: v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.dim() == 4 else v
+               for k, v in out.items()}
+    return out
 
 
 def classifier_input(

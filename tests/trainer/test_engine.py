@@ -106,6 +106,27 @@ def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
     assert res.alpha.shape == (64, 64)
 
 
+def test_channels_last_steps_match_nchw_and_export_plain_weights(tmp_path, helpers):
+    """run.channels_last changes the layout, not the maths: the same steps give the same losses (dropout off:
+    its masks are drawn in memory order, so they differ between layouts), and the exported file is an
+    ordinary NCHW state dict."""
+    ds = ToyMattingDataset(8, 64, NUM_CLASSES)
+    extra = ("schedule.steps=3", f"model.classifier={helpers['classifier']}")
+    losses, exported = {}, {}
+    for cl in (False, True):
+        tr = Trainer(_cfg(tmp_path, f"cl{cl}", "matting", *extra, f"run.channels_last={str(cl).lower()}"),
+                     train_dataset=ds)
+        for m in tr.model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        losses[cl] = [h["total"] for h in tr.train()]
+        exported[cl] = torch.load(tr.exported, weights_only=True)["state_dict"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert exported[True].keys() == exported[False].keys()
+    assert all(v.is_contiguous() for v in exported[True].values())  # NCHW on disk
+    load_weights(tr.exported, "matting")
+
+
 def test_trimap_encoded_on_device_matches_worker_encoding(tmp_path, helpers):
     """On a GPU the loader skips the EDT and the step encodes the batch with build_inputs_torch: same
     network inputs (to ~1e-7), so the same losses as the CPU workers' scipy encoding."""
