@@ -7,7 +7,8 @@
 # keeping GT01, GT10, GT19 out of training to select on. What comes back from the device is at most 8 files of
 # 16 MiB, two folders deep, so the full snapshots (52 MB with the optimiser) stay there: $OUT receives fp16
 # weights of the last 4 matting snapshots (250 steps apart) with the classifier beside them, the curve and
-# the log. Then, here on the CPU:
+# the log. When LIMIT_S runs out, timeout's SIGTERM makes the trainer save a snapshot of the step it is on first.
+# Then, here on the CPU:
 #   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_step_*.pt
 # and ship the best snapshot only if it beats the shipped model there (models/train_default.py --phase ship).
 set -u

@@ -27,7 +27,7 @@ from backend.evaluation import ALPHAMATTING_VALIDATION
 from backend.models.weights import load_weights, save_checkpoint
 from trainer.data.datasets import ALPHAMATTING_TRAIN
 from trainer.config import load_config
-from trainer.engine import train
+from trainer.engine import TrainingStopped, train
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "backend" / "weights"
 MATTING_FILE, CLASSIFIER_FILE = "semantic-matte-matting.pt", "semantic-matte-classifier.pt"
@@ -133,4 +133,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingStopped as e:  # timeout / Ctrl-C: the snapshot is saved; rerun the same command to continue
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)

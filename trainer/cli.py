@@ -43,9 +43,13 @@ def _run_guarded(fn, *args, **kwargs) -> int:  # type: ignore[no-untyped-def]
     """Expected failures → one line on stderr and a distinct exit code."""
     from backend.models.weights import WeightsError
     from trainer.config import ConfigError
+    from trainer.engine import TrainingStopped
 
     try:
         fn(*args, **kwargs)
+    except TrainingStopped as e:
+        print(f"semantic-matte train: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for "ended by signal N"
     except ConfigError as e:
         print(f"semantic-matte train: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG

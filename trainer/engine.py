@@ -24,6 +24,8 @@ import logging
 import math
 import os
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -220,6 +222,10 @@ def _worker_init(worker_id: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # the workers already run in parallel; OpenCV threads would oversubscribe the CPU
+    # Ctrl-C in a terminal and a scheduler's SIGTERM reach the whole process group: the workers keep serving so
+    # the main process can finish its step and save a snapshot (StopSignals); it shuts them down itself.
+    for sig in StopSignals.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def train_loader(
@@ -377,6 +383,45 @@ class ScalarLog:
             self.tb.close()
 
 
+# --------------------------------------------------------------------------- stop on signals
+
+
+class TrainingStopped(Exception):
+    """``train()`` ended early on a signal; the last snapshot holds the run (continue with ``--resume``)."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; snapshot in "
+                         f"{run_dir / 'checkpoints'}, continue with --resume")
+        self.signum, self.step = signum, step
+
+
+class StopSignals:
+    """While active, SIGINT / SIGTERM (Ctrl-C, ``timeout``, a scheduler's pre-emption) only ask the loop to
+    stop after the current step, so it can save a snapshot first; a second signal acts as usual."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        for sig, handler in self._previous.items():  # the next one is not caught
+            signal.signal(sig, handler)
+        log.warning("%s: stopping after this step (a snapshot is saved first)", signal.Signals(signum).name)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.received is None:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -434,6 +479,7 @@ class Trainer:
         self.step = 0
         self.nonfinite = 0
         self.exported: Path | None = None  # set by train() when it exports the finished model (rank 0)
+        self.stopped_by: int | None = None  # the signal that stopped train() early (see StopSignals)
         snapshot = None
         if resume:
             path = find_last(self.run_dir)
@@ -602,9 +648,17 @@ class Trainer:
             vec /= self.world
         return dict(zip(keys, vec.tolist()))
 
+    def _stop_requested(self, signals: StopSignals) -> bool:
+        flag = torch.tensor(float(signals.received is not None))
+        if self.distributed:  # every rank stops at the same step: the snapshot is a collective
+            flag = flag.to(self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item() > 0)
+
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
         """Run until ``schedule.steps`` (or ``stop_after`` steps, for an interrupted run that a later
-        ``--resume`` continues). Returns the logged training rows."""
+        ``--resume`` continues). SIGINT / SIGTERM end the run after the current step with a snapshot
+        (``stopped_by`` says which signal). Returns the logged training rows."""
         cfg = self.cfg
         end = cfg.schedule.steps if stop_after is None else min(cfg.schedule.steps, stop_after)
         bar = None
@@ -620,7 +674,10 @@ class Trainer:
         it = iter(self.loader)
         sums: dict[str, torch.Tensor] = {}
         count, t_last, skipped, data_wait = 0, time.perf_counter(), 0, 0.0
-        try:
+        with contextlib.ExitStack() as stack:
+            signals = stack.enter_context(StopSignals())
+            if bar is not None:
+                stack.callback(bar.close)
             while self.step < end:
                 t0 = time.perf_counter()
                 batch = next(it)
@@ -663,11 +720,15 @@ class Trainer:
                     and self.step < cfg.schedule.steps
                 ):
                     self.evaluate()
-                if (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == end:
+                saved = (cfg.run.ckpt_every and self.step % cfg.run.ckpt_every == 0) or self.step == end
+                if saved:
                     self.save()
-        finally:
-            if bar is not None:
-                bar.close()
+                if self.step < end and self._stop_requested(signals):
+                    if not saved:
+                        self.save()
+                    self.stopped_by = signals.received or signal.SIGTERM  # another rank's signal under DDP
+                    log.warning("stopped at step %d; snapshot saved, continue with --resume", self.step)
+                    break
         if self.step >= cfg.schedule.steps:
             self.evaluate()
             if self.is_main:
@@ -700,11 +761,14 @@ def export_snapshot(snapshot: str | Path, out: str | Path | None = None, *, half
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, **kwargs: Any) -> Trainer:
-    """Build a Trainer, train, tear down the process group; returns the trainer (history, run_dir)."""
+    """Build a Trainer, train, tear down the process group; returns the trainer (history, run_dir).
+    Raises :class:`TrainingStopped` when a signal ended the run early (after saving a snapshot)."""
     trainer = Trainer(cfg, resume=resume, **kwargs)
     try:
         trainer.train()
     finally:
         if trainer.distributed and dist.is_initialized():
             dist.destroy_process_group()
+    if trainer.stopped_by is not None:
+        raise TrainingStopped(trainer.stopped_by, trainer.step, trainer.run_dir)
     return trainer

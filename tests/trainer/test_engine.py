@@ -5,6 +5,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +435,32 @@ def test_tensorboard_scalars_written(tmp_path):
     cfg = _cfg(tmp_path, "tb", "classifier", "schedule.steps=2", "run.tensorboard=true")
     Trainer(cfg, train_dataset=ds).train()
     assert list((tmp_path / "tb" / "tb").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("sig,workers", [(signal.SIGTERM, 0), pytest.param(signal.SIGINT, 2, marks=pytest.mark.slow)])
+def test_signal_stops_after_the_step_with_a_snapshot_and_resume_finishes(tmp_path, sig, workers):
+    """`timeout`'s SIGTERM, or Ctrl-C sent to the whole process group (loader workers included), ends the run
+    after the current step with a snapshot of it and exit status 128 + N; --resume then finishes the run."""
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "trainer.cli", "train", "matting", "--config",
+           str(repo / "trainer" / "configs" / "tiny_cpu_smoke.toml"), "--resume",
+           f"run.out_dir={tmp_path}", "run.name=sig", "run.log_every=1", "run.eval_every=0", "data.val=[]",
+           "run.ckpt_every=1000", "run.progress=false", "run.tensorboard=false", "run.threads=1",
+           f"data.num_workers={workers}", "schedule.steps=40"]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    csv_path = tmp_path / "sig" / "train.csv"
+    deadline = time.monotonic() + 120
+    while (not csv_path.is_file() or len(csv_path.read_text().splitlines()) < 4) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C does: every process of the group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "continue with --resume" in err
+    step = int(ckpt.load_snapshot(ckpt.find_last(tmp_path / "sig"))["step"])
+    logged = [int(r["step"]) for r in csv.DictReader(csv_path.open())]
+    assert 3 <= step < 40 and logged[-1] == step
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [int(r["step"]) for r in csv.DictReader(csv_path.open())] == list(range(1, 41))
+    assert (tmp_path / "sig" / "matting.pt").is_file()
