@@ -47,6 +47,20 @@ def test_trimap_band_grows_with_kernel() -> None:
         T.GenerateTrimap("wide")
 
 
+@pytest.mark.parametrize("k,iters", [(3, 10), (4, 10), (5, 15), (4, 1), (10, 1), (28, 1)])
+def test_trimap_band_is_centred_on_the_edge(k: int, iters: int) -> None:
+    """A disc's unknown band and definite foreground stay centred on the disc for every kernel size: even
+    sizes (SIM's 4, GCA's 2…28) used to shift them by up to 5 px, teaching an edge offset."""
+    import cv2
+
+    a = np.zeros((201, 201), np.float32)
+    cv2.circle(a, (100, 100), 50, 1.0, -1)
+    tri = T.trimap_from_alpha(a, k, iters)
+    for region in (tri == 128, tri == 255):
+        ys, xs = np.nonzero(region)
+        assert abs(ys.mean() - 100) < 0.05 and abs(xs.mean() - 100) < 0.05, (k, iters, ys.mean(), xs.mean())
+
+
 def test_sim_ranges_are_inclusive() -> None:
     # The upper ends of ksize (3, 5) and iterations (5, 15) are reachable: a degenerate range hits them exactly.
     a = _sample("sharp")["alpha"]
