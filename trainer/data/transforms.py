@@ -195,6 +195,7 @@ class GenerateTrimap:
           default 3–5) applied ``iterations`` times (inclusive, default 5–15) to both sides.
         * ``"gca"`` (GCA-Matting): independent elliptical kernels for foreground and background with sizes
           drawn from ``gca_kernel`` (inclusive, default 1–29), one iteration each.
+    Even kernel sizes are used as the next odd size (see ``_ellipse``: an even kernel shifts the band).
 
     Args:
         mode: ``"sim"``, ``"gca"`` or ``"mixed"`` (pick one of the two per sample).
