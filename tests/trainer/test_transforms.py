@@ -61,6 +61,23 @@ def test_trimap_band_is_centred_on_the_edge(k: int, iters: int) -> None:
         assert abs(ys.mean() - 100) < 0.05 and abs(xs.mean() - 100) < 0.05, (k, iters, ys.mean(), xs.mean())
 
 
+@pytest.mark.parametrize("out", [320, 427, 213, 800])
+def test_resized_trimap_stays_centred_on_the_resized_alpha(out: int) -> None:
+    """Crops are resized to the network size; the trimap must not drift against the area-resized alpha
+    (nearest-neighbour sampling drifted 0.23–0.55 px) and stays a valid trimap."""
+    import cv2
+
+    a = np.zeros((640, 640), np.float32)
+    cv2.circle(a, (320, 320), 150, 1.0, -1)
+    tri = T.trimap_from_alpha(cv2.GaussianBlur(a, (9, 9), 3), 3, 5)
+    s = T.Resize(size=out)({"alpha": a, "trimap": tri}, np.random.default_rng(0))
+    ya, xa = np.nonzero(s["alpha"] > 0.5)
+    for region in (s["trimap"] == 255, s["trimap"] != 0):
+        ys, xs = np.nonzero(region)
+        assert abs(ys.mean() - ya.mean()) < 0.1 and abs(xs.mean() - xa.mean()) < 0.1
+    assert set(np.unique(s["trimap"])) == {0, 128, 255}
+
+
 def test_sim_ranges_are_inclusive() -> None:
     # The upper ends of ksize (3, 5) and iterations (5, 15) are reachable: a degenerate range hits them exactly.
     a = _sample("sharp")["alpha"]

@@ -142,7 +142,7 @@ def unknown_mask(alpha: np.ndarray) -> np.ndarray:
 def enforce_unknown(trimap: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Set every unknown-alpha pixel of ``trimap`` to 128 (in place; returns it).
 
-    Needed after nearest-neighbour resampling of a trimap next to linearly resampled alpha.
+    Needed after resampling a trimap next to linearly resampled alpha.
     """
     trimap[unknown_mask(alpha)] = TRIMAP_UNKNOWN
     return trimap
@@ -245,14 +245,21 @@ class GenerateTrimap:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _resize(img: np.ndarray, w: int, h: int, nearest: bool = False) -> np.ndarray:
+def _resize(img: np.ndarray, w: int, h: int, trimap: bool = False) -> np.ndarray:
+    """Area (shrinking) or bilinear resize; a ``trimap`` keeps a pixel definite only where every source pixel
+    it covers was definite, so its band widens by under a pixel on both sides. (Nearest-neighbour sampling
+    would instead shift the band against the area-resized alpha: by 0.23 px at 640 → 320, 0.49 px at
+    640 → 427.)"""
     if img.shape[1] == w and img.shape[0] == h:
         return img
-    if nearest:
-        interp = cv2.INTER_NEAREST
-    else:
-        interp = cv2.INTER_AREA if (w < img.shape[1] and h < img.shape[0]) else cv2.INTER_LINEAR
-    return cv2.resize(img, (w, h), interpolation=interp)
+    interp = cv2.INTER_AREA if (w < img.shape[1] and h < img.shape[0]) else cv2.INTER_LINEAR
+    if not trimap:
+        return cv2.resize(img, (w, h), interpolation=interp)
+    out = np.full((h, w), TRIMAP_UNKNOWN, np.uint8)
+    for value in (TRIMAP_FG, TRIMAP_BG):
+        cover = cv2.resize((img == value).astype(np.float32), (w, h), interpolation=interp)
+        out[cover > 1.0 - 1e-3] = value
+    return out
 
 
 def _spatial_keys(sample: Sample, h: int, w: int) -> list[str]:
@@ -354,7 +361,7 @@ class Resize:
             f = self.short_side / min(h, w)  # type: ignore[operator]
             nh, nw = max(1, round(h * f)), max(1, round(w * f))
         for k in _spatial_keys(sample, h, w):
-            sample[k] = _resize(sample[k], nw, nh, nearest=(k == "trimap"))
+            sample[k] = _resize(sample[k], nw, nh, trimap=(k == "trimap"))
         if "trimap" in sample:
             enforce_unknown(sample["trimap"], sample["alpha"])
         return sample
@@ -368,7 +375,7 @@ class CropAroundUnknown:
     upscaled so that their short side equals it. The centre is a random pixel of the unknown region
     (``trimap == 128`` if a trimap exists, else non-definite alpha, else the alpha edge) with probability
     ``unknown_prob``, otherwise uniform; the window is clamped inside the image. The crop is then resized
-    to ``out_size`` (alpha / colours: area or bilinear; trimap: nearest, then :func:`enforce_unknown`).
+    to ``out_size`` (alpha / colours: area or bilinear; trimap: see ``_resize``, then :func:`enforce_unknown`).
 
     Args:
         sizes: candidate crop sides in pixels of the (possibly upscaled) source.
@@ -389,7 +396,7 @@ class CropAroundUnknown:
             f = c / min(h, w)
             nh, nw = max(c, math.ceil(h * f)), max(c, math.ceil(w * f))
             for k in keys:
-                sample[k] = _resize(sample[k], nw, nh, nearest=(k == "trimap"))
+                sample[k] = _resize(sample[k], nw, nh, trimap=(k == "trimap"))
             h, w = nh, nw
             if "trimap" in sample:
                 enforce_unknown(sample["trimap"], sample["alpha"])
@@ -413,7 +420,7 @@ class CropAroundUnknown:
         out = self.out_size or c
         for k in keys:
             sample[k] = _resize(
-                np.ascontiguousarray(sample[k][y0 : y0 + c, x0 : x0 + c]), out, out, nearest=(k == "trimap")
+                np.ascontiguousarray(sample[k][y0 : y0 + c, x0 : x0 + c]), out, out, trimap=(k == "trimap")
             )
         if "trimap" in sample:
             enforce_unknown(sample["trimap"], sample["alpha"])
