@@ -151,8 +151,7 @@ def enforce_unknown(trimap: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 def _ellipse(k: int) -> np.ndarray:
     """Elliptical kernel of odd size ``k`` (an even ``k`` becomes k + 1). OpenCV anchors an even kernel off
     its centre, so each erosion with it also shifts the mask by half a pixel: with SIM's 4×4 kernel and 10
-    iterations the unknown band moved 2 px down and 5 px right of the true edge, and a network trained on such
-    trimaps learns to place edges up-left of the band's middle (seen on real photos with drawn trimaps)."""
+    iterations the unknown band moved 2 px down and 5 px right of the true edge it should surround."""
     k = max(1, k) | 1
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
 
