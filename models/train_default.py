@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.evaluation import ALPHAMATTING_VALIDATION
 from backend.models.weights import load_weights, save_checkpoint
 from trainer.data.datasets import ALPHAMATTING_TRAIN
-from trainer.config import load_config
+from trainer.config import load_config, read_config_file, toml_value
 from trainer.engine import TrainingStopped, train
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "backend" / "weights"
@@ -48,16 +48,19 @@ def matting_config(overrides: list[str], weights: tuple[float, float] | None = N
     """The TOML recipe with the budget ``overrides``; ``weights``: another share of procedural data vs the
     alphamatting training photos; ``hold_validation``: train on 15 photos, leaving GT01, GT10, GT19 to select
     snapshots on (``bench/bench_quality.py --validation``)."""
+    recipe = CONFIGS / "default_sim_lite.toml"
     mix = []
-    if weights is not None or hold_validation:
-        share = weights or (0.6, 0.4)  # the TOML's mix
-        names = "" if not hold_validation else ", names=[" + ", ".join(
-            f'"{n}"' for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION) + "]"
-        mix = [f'data.train=[{{kind="mixed", datasets=[{{kind="synthetic"}}, {{kind="alphamatting", split="train"{names}}}], '
-               f'weights=[{share[0]}, {share[1]}]}}]']
+    if weights is not None or hold_validation:  # edit the TOML's own mix: [{kind="mixed", datasets=[...]}]
+        train_specs = read_config_file(recipe)["data"]["train"]
+        if weights is not None:
+            train_specs[0]["weights"] = list(weights)
+        if hold_validation:
+            for spec in train_specs[0]["datasets"]:
+                if spec["kind"] == "alphamatting":
+                    spec["names"] = [n for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION]
+        mix = [f"data.train={toml_value(train_specs)}"]
     # no discriminator for these budgets: L_c / L_f off
-    return load_config(CONFIGS / "default_sim_lite.toml",
-                       BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
+    return load_config(recipe, BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
 
 
 def ship(matting: Path, note: str = "", dest: Path = WEIGHTS) -> list[Path]:

@@ -204,6 +204,21 @@ def _parse_value(text: str) -> Any:
         return text  # bare strings: run.precision=bf16
 
 
+def toml_value(value: Any) -> str:
+    """A Python value as an inline TOML value: the text of an override (the inverse of ``_parse_value``)."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` strings to a nested dict (values parsed as TOML)."""
     data = json.loads(json.dumps(data))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from backend.classes import load_class_list
+from trainer.config import load_config, toml_value
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +79,15 @@ def stage_overrides(
     arch = preset.matting_arch if stage == "matting" else preset.classifier_arch
     ov = [
         f"model.arch={arch}",
-        f"data.classes={_toml(list(classes))}",
-        f"data.train=[{_toml(spec)}]",
+        f"data.classes={toml_value(list(classes))}",
+        f"data.train=[{toml_value(spec)}]",
         "data.val=[]",
         f"data.crop_size={preset.crop_size}",
         f"data.batch_size={preset.batch_size}",
         f"schedule.steps={steps}",
         f"schedule.warmup_steps={min(100, steps // 10)}",
         'schedule.policy="cosine"',
-        f"run.out_dir={_toml(str(out / 'runs'))}",
+        f"run.out_dir={toml_value(str(out / 'runs'))}",
         f"run.name={stage}",
         f"run.ckpt_every={max(steps // 4, 1)}",
         f"run.log_every={max(min(50, steps // 10), 1)}",
@@ -94,29 +95,14 @@ def stage_overrides(
     ]
     if stage == "matting":
         ov += [
-            f"model.classifier={_toml(str(out / 'classifier.pt'))}",
-            f"model.discriminator={_toml(str(out / 'discriminator.pt'))}",
+            f"model.classifier={toml_value(str(out / 'classifier.pt'))}",
+            f"model.discriminator={toml_value(str(out / 'discriminator.pt'))}",
             'model.smap="classifier"',
             "optim.lr=5e-4",
         ]
     else:
         ov += ["optim.lr=1e-3", "loss.label_smoothing=0.1"]
     return ov
-
-
-def _toml(value: Any) -> str:
-    """A Python value as an inline TOML value (for overrides)."""
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 def train_custom(
@@ -143,7 +129,6 @@ def train_custom(
         overrides: dotted ``key=value`` overrides applied to every stage (e.g. ``run.precision=bf16``).
         resume: continue interrupted stages from their snapshots; finished stages are kept.
     """
-    from trainer.config import load_config
     from trainer.engine import train
 
     names = load_class_list(list(classes) if not isinstance(classes, str) else classes)
