@@ -649,10 +649,11 @@ class Trainer:
         return dict(zip(keys, vec.tolist()))
 
     def _stop_requested(self, signals: StopSignals) -> bool:
-        flag = torch.tensor(float(signals.received is not None))
-        if self.distributed:  # every rank stops at the same step: the snapshot is a collective
-            flag = flag.to(self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not self.distributed:
+            return signals.received is not None
+        # Every rank stops at the same step: the snapshot is a collective.
+        flag = torch.tensor(float(signals.received is not None), device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item() > 0)
 
     def train(self, stop_after: int | None = None) -> list[dict[str, float]]:
