@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from backend import protocol as P
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -81,7 +83,7 @@ def _make_predictor(args: argparse.Namespace) -> Any:
     try:
         return MattingPredictor.from_pretrained(weights, args.classifier, device=args.device,
                                                 precision=args.precision, tile=args.tile,
-                                                trimap_mode=args.trimap_mode)
+                                                trimap_mode=args.trimap_mode, refine=args.refine)
     except RuntimeError as e:  # device problems
         raise CliError(str(e), EXIT_DEVICE) from e
 
@@ -114,7 +116,7 @@ def cmd_matte(args: argparse.Namespace) -> int:
 
         try:
             res = matte_via_server(args.server, image, trimap, classes=args.classes or None, want_foreground=want_fg,
-                                   want_semantic=want_sem, tile=args.tile)
+                                   want_semantic=want_sem, tile=args.tile, refine=args.refine)
         except ServerError as e:
             raise CliError(f"daemon at {args.server}: {e}", EXIT_SERVER) from e
         alpha, fg, sem, shares = res["alpha"], res["foreground"], res["semantic"], res["class_shares"]
@@ -200,6 +202,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="tiled inference for large images (default auto: by memory budget)")
     p.add_argument("--trimap-mode", default="strict", choices=["strict", "tolerant"],
                    help="strict: exact 0/128/255; tolerant: ≤25→0, ≥230→255, rest unknown (127, soft trimaps)")
+    p.add_argument("--refine", default=P.REFINE_BAND, choices=P.REFINE_MODES,
+                   help="band (default): closed-form re-solve of alpha where the network is unsure; off: network alpha")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from backend import processing
+from backend.refinement import REFINE_MODES, refine_alpha
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 STRIDE8 = 8  # output stride of the matting encoder (layer4 features at 1/8 resolution)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _check_refine(mode: str) -> str:
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
+    return mode
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
 # the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
 # CPU: VmHWM growth of a fresh process, 256–1024² (bench/PERFORMANCE.md): lean sim_lite 0.26–0.43, sim_r50
@@ -128,6 +135,8 @@ class MattingPredictor:
         cuda_graphs: on CUDA, capture the matting net and the classifier batches as CUDA graphs per input
             shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
+        refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
+            unsure (``backend.refinement``, on the CPU); "off" returns the network's alpha.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -137,7 +146,7 @@ class MattingPredictor:
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
-                 channels_last: bool = True, tile_context: str = "image") -> None:
+                 channels_last: bool = True, tile_context: str = "image", refine: str = "band") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
@@ -168,6 +177,7 @@ class MattingPredictor:
         if tile_context not in ("image", "tile"):
             raise ValueError(f"tile_context must be 'image' or 'tile', got {tile_context!r}")
         self.tile_context = tile_context
+        self.refine = _check_refine(refine)
         self._nets: tuple[nn.Module, nn.Module | None] | None = None
         self._graphs: dict[str, CudaGraphRunner] = {}
         self._inplace = False  # True when this predictor alone holds the modules (from_pretrained)
@@ -345,7 +355,7 @@ class MattingPredictor:
     @torch.no_grad()
     def predict(self, image: np.ndarray, trimap: np.ndarray, *, classes: Sequence[str] | None = None,
                 want_foreground: bool = False, want_semantic: bool = False, tile: int | None = None,
-                trimap_mode: str | None = None, semantic: bool = True,
+                trimap_mode: str | None = None, semantic: bool = True, refine: str | None = None,
                 progress: ProgressFn | None = None) -> MattingResult:
         """Matte one image.
 
@@ -358,17 +368,18 @@ class MattingPredictor:
             tile: per-call override of the predictor's tiling (None = predictor setting).
             trimap_mode: per-call override of "strict" / "tolerant".
             semantic: False runs with an all-zero semantic trimap (the ablation without the classifier).
+            refine: per-call override of the predictor's refinement ("band" / "off").
             progress: callback(fraction in [0,1], stage name).
         """
         return self._predict([image], [trimap], classes=classes, want_foreground=want_foreground,
                              want_semantic=want_semantic, tile=tile, trimap_mode=trimap_mode, semantic=semantic,
-                             progress=progress)[0]
+                             refine=refine, progress=progress)[0]
 
     @torch.no_grad()
     def predict_batch(self, images: Sequence[np.ndarray], trimaps: Sequence[np.ndarray], *,
                       classes: Sequence[str] | None = None, want_foreground: bool = False,
                       want_semantic: bool = False, trimap_mode: str | None = None, semantic: bool = True,
-                      progress: ProgressFn | None = None) -> list[MattingResult]:
+                      refine: str | None = None, progress: ProgressFn | None = None) -> list[MattingResult]:
         """Matte several images of the same size in one pass of each network (the daemon batches small
         queued requests this way: a GPU is far from full on one small image). Each result equals
         ``predict`` on that image alone (the semantic trimap is scaled per image); never tiled, so keep
@@ -377,12 +388,14 @@ class MattingPredictor:
             raise ValueError(f"need as many trimaps as images (≥ 1), got {len(images)} and {len(trimaps)}")
         return self._predict(images, trimaps, classes=classes, want_foreground=want_foreground,
                              want_semantic=want_semantic, tile=0, trimap_mode=trimap_mode, semantic=semantic,
-                             progress=progress)
+                             refine=refine, progress=progress)
 
     def _predict(self, images: Sequence[np.ndarray], trimaps: Sequence[np.ndarray], *,
                  classes: Sequence[str] | None, want_foreground: bool, want_semantic: bool, tile: int | None,
-                 trimap_mode: str | None, semantic: bool, progress: ProgressFn | None) -> list[MattingResult]:
+                 trimap_mode: str | None, semantic: bool, refine: str | None,
+                 progress: ProgressFn | None) -> list[MattingResult]:
         report = progress or (lambda f, s: None)
+        refine = _check_refine(refine or self.refine)
         t0 = time.perf_counter()
         rgbs, tris = [], []
         for image, trimap in zip(images, trimaps):
@@ -443,6 +456,11 @@ class MattingPredictor:
                 alpha = np.ascontiguousarray(alphas[i])
             else:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
+            if refine == "band":
+                t4 = time.perf_counter()
+                refined = refine_alpha(as_float_image(rgb), tri, alpha)
+                alpha = alpha if refined is None else refined
+                timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t4
             fg = None
             if want_foreground:
                 fg = self._foreground(as_float_image(rgb), alpha, fg_t[i, :, :h, :w].float().cpu().numpy()

@@ -73,6 +73,11 @@ OUT_FOREGROUND = "foreground"
 OUT_SEMANTIC = "semantic"
 OUTPUTS = (OUT_ALPHA, OUT_FOREGROUND, OUT_SEMANTIC)
 
+# --- alpha refinement (backend.refinement) ---------------------------------------------------------
+REFINE_BAND = "band"  # closed-form re-solve where the network is unsure (the default)
+REFINE_OFF = "off"  # the network's alpha as it is
+REFINE_MODES = (REFINE_BAND, REFINE_OFF)
+
 # --- limits --------------------------------------------------------------------------------------
 # Wire dtypes: little-endian numpy type strings. Anything else is refused before touching numpy.
 DTYPE_ITEMSIZE = {"|u1": 1, "<u2": 2, "<f2": 2, "<f4": 4}
@@ -317,6 +322,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "tile": (int, type(None)),
     "band": (int, type(None)),
     "alpha_dtype": (str,),
+    "refine": (str, type(None)),
 }
 
 
@@ -346,6 +352,8 @@ def _check_options(kind: str, raw: Any) -> dict:
     band = opts.get("band")
     if band is not None and not 1 <= band <= 1024:
         raise ProtocolError(E_BAD_REQUEST, "'band' must be in 1..1024")
+    if opts.get("refine") not in (None, *REFINE_MODES):
+        raise ProtocolError(E_BAD_REQUEST, f"'refine' must be one of {', '.join(REFINE_MODES)}")
     if opts.setdefault("alpha_dtype", "f4") not in ("u1", "u2", "f4"):
         raise ProtocolError(E_BAD_REQUEST, "'alpha_dtype' must be u1, u2 or f4")
     if opts.get("model") is not None and not _NAME_RE.match(opts["model"]):

@@ -136,7 +136,7 @@ class PredictorHandler:
         h, w = job.arrays["image"].shape[:2]
         if h * w > self.batch_max_pixels or job.options.get("tile"):
             return None
-        return (h, w, tuple(job.options.get("classes") or ()), *self._wants(job))
+        return (h, w, tuple(job.options.get("classes") or ()), job.options.get("refine"), *self._wants(job))
 
     def __call__(self, job: Job) -> tuple[dict[str, Any], dict]:
         return self._run_one(job, self._inputs(job))
@@ -151,7 +151,7 @@ class PredictorHandler:
         try:
             res = self.predictor.predict(image, trimap, classes=job.options.get("classes"), want_foreground=want_fg,
                                          want_semantic=want_semantic, tile=job.options.get("tile"),
-                                         progress=progress)
+                                         refine=job.options.get("refine"), progress=progress)
         except ValueError as exc:  # bad trimap values, unknown class names, ...
             raise JobError(P.E_BAD_REQUEST, str(exc)) from None
         return self._reply(job, res, want_semantic)
@@ -180,7 +180,8 @@ class PredictorHandler:
         try:
             results = self.predictor.predict_batch([x[2][0] for x in live], [x[2][1] for x in live],
                                                    classes=first.options.get("classes"),
-                                                   want_foreground=want_fg, want_semantic=want_semantic)
+                                                   want_foreground=want_fg, want_semantic=want_semantic,
+                                                   refine=first.options.get("refine"))
         except ValueError:
             results = None
         for k, (i, job, inputs) in enumerate(live):

@@ -47,3 +47,7 @@ def test_daemon_matte_equals_in_process(daemon):
         assert set(cls.arrays) == {"semantic"} and cls.meta["class_shares"] == pytest.approx(local.class_shares)
         u8 = c.matte(image, trimap, alpha_dtype="u1", timeout=60)["alpha"]
         np.testing.assert_array_equal(u8, np.rint(local.alpha * 255).astype(np.uint8))
+        # the refinement is the worker's default; refine="off" returns the network's alpha
+        raw = c.matte(image, trimap, refine="off", timeout=60)
+        np.testing.assert_array_equal(raw["alpha"], predictor.predict(image, trimap, refine="off").alpha)
+        assert "refine" in remote["meta"]["timings"] and "refine" not in raw.meta["timings"]

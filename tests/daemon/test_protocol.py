@@ -76,6 +76,8 @@ def test_msgpack_numpy_pickle_payload_rejected():
     (lambda h: h.update(options={"evil": 1}), P.E_BAD_REQUEST),
     (lambda h: h.update(options={"outputs": ["alpha", "x"]}), P.E_BAD_REQUEST),
     (lambda h: h.update(options={"tile": 7}), P.E_BAD_REQUEST),
+    (lambda h: h.update(options={"refine": "smooth"}), P.E_BAD_REQUEST),
+    (lambda h: h.update(options={"refine": True}), P.E_BAD_REQUEST),
     (lambda h: h["arrays"][0].update(dtype="<f8"), P.E_BAD_REQUEST),
     (lambda h: h["arrays"][0].update(dtype="|O"), P.E_BAD_REQUEST),
     (lambda h: h["arrays"][0].update(shape=[48, 64, -3]), P.E_BAD_REQUEST),
@@ -96,6 +98,15 @@ def test_request_validation(mutate, code):
     with pytest.raises(P.ProtocolError) as info:
         parse(frames)
     assert info.value.code == code
+
+
+@pytest.mark.parametrize("refine", [*P.REFINE_MODES, None])
+def test_refine_modes_accepted(refine):
+    frames = frames_for()
+    header = msgpack.unpackb(frames[0])
+    header["options"] = {"refine": refine}
+    frames[0] = msgpack.packb(header)
+    assert parse(frames).options.get("refine") == refine
 
 
 def test_mask_needs_band_and_frame_count_checked():

@@ -1,0 +1,92 @@
+"""Band refinement: the closed-form re-solve recovers detail a blurry network loses, touches nothing else."""
+
+from __future__ import annotations
+
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from backend import protocol as P
+from backend.metrics import sad_error
+from backend.models.registry import build_model
+from backend.predictor import MattingPredictor
+from backend.refinement import refine_alpha, refinement_band
+from tests.conftest import make_example
+
+
+def strands_scene(h: int = 120, w: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red object with 1-px hair strands and a soft edge over a smooth blue-green background:
+    (image H×W×3 float, trimap, ground-truth alpha)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    alpha = np.clip((70 - yy) / 3.0, 0, 1)  # soft horizontal edge at y ≈ 70
+    for x in range(20, w - 20, 9):  # strands hanging below the edge
+        alpha[70:95, x] = 1.0
+    fg = np.dstack([0.9 + 0.05 * np.sin(xx / 7), 0.2 + 0 * xx, 0.15 + 0 * xx])
+    bg = np.dstack([0.1 + 0 * xx, 0.3 + 0.3 * yy / h, 0.6 + 0.2 * xx / w])
+    image = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    trimap = np.full((h, w), 128, np.uint8)
+    trimap[:55] = 255
+    trimap[105:] = 0
+    return image.astype(np.float32), trimap, alpha
+
+
+def blurry_network(alpha: np.ndarray, trimap: np.ndarray) -> np.ndarray:
+    """What an under-trained decoder gives: the right shape, strands smeared (known regions forced)."""
+    a = cv2.GaussianBlur(alpha, (0, 0), 3.0)
+    a[trimap == 0], a[trimap == 255] = 0.0, 1.0
+    return a.astype(np.float32)
+
+
+def test_refinement_recovers_strands_a_blurry_alpha_lost() -> None:
+    image, trimap, gt = strands_scene()
+    net = blurry_network(gt, trimap)
+    refined = refine_alpha(image, trimap, net)
+    before, after = sad_error(net, gt, trimap), sad_error(refined, gt, trimap)
+    assert after < 0.3 * before, (before, after)
+    # known regions are the trimap's; outside the band the network's sure pixels snap to 0 / 1
+    assert (refined[trimap == 0] == 0).all() and (refined[trimap == 255] == 1).all()
+    band = refinement_band(net, trimap)
+    outside = (trimap == 128) & ~band
+    assert outside.any()
+    np.testing.assert_array_equal(refined[outside], (net[outside] >= 0.5).astype(np.float32))
+    assert refined.dtype == np.float32 and 0 <= refined.min() and refined.max() <= 1
+
+
+def test_band_is_the_unsure_pixels_widened_by_the_margin() -> None:
+    trimap = np.full((20, 20), 128, np.uint8)
+    trimap[:, :2] = 255
+    alpha = np.zeros((20, 20), np.float32)
+    alpha[10, 10] = 0.5
+    assert refinement_band(alpha, trimap, margin=0).sum() == 1
+    assert refinement_band(alpha, trimap, margin=2).sum() == 25
+    alpha[:, :2] = 0.5  # unsure but trimap-known pixels are never solved
+    assert not refinement_band(alpha, trimap, margin=0)[:, :2].any()
+
+
+def test_no_band_snaps_and_oversized_band_is_left_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    image, trimap, gt = strands_scene()
+    sure = np.where(gt > 0.5, 0.995, 0.01).astype(np.float32)
+    np.testing.assert_array_equal(refine_alpha(image, trimap, sure), np.where(trimap == 128, sure >= 0.5, trimap == 255))
+    with caplog.at_level(logging.WARNING, logger="backend.refinement"):
+        assert refine_alpha(image, trimap, blurry_network(gt, trimap), max_pixels=10) is None
+    assert "exceeds" in caplog.text
+
+
+def test_predictor_refine_modes() -> None:
+    torch.manual_seed(0)
+    predictor = MattingPredictor(build_model("sim_tiny"), build_model("classifier_tiny"), device="cpu")
+    image, trimap, _ = make_example()
+    off = predictor.predict(image, trimap, refine="off")
+    band = predictor.predict(image, trimap)
+    assert predictor.refine == P.REFINE_BAND and "refine" in band.timings and "refine" not in off.timings
+    expected = refine_alpha(image.astype(np.float32) / 255, trimap, off.alpha)
+    np.testing.assert_array_equal(band.alpha, expected)
+    [batched] = predictor.predict_batch([image], [trimap])
+    np.testing.assert_array_equal(batched.alpha, band.alpha)
+    with pytest.raises(ValueError, match="refine"):
+        predictor.predict(image, trimap, refine="smooth")
+    with pytest.raises(ValueError, match="refine"):
+        MattingPredictor(build_model("sim_tiny"), device="cpu", refine="yes")
