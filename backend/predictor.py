@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from backend import processing
-from backend.refinement import REFINE_MODES, refine_alpha
+from backend.refinement import refine_alpha
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
-from backend.protocol import TRIMAP_UNKNOWN
+from backend.protocol import REFINE_MODES, TRIMAP_UNKNOWN
 from backend.semantic_trimap import (
     WINDOW_SIZES,
     class_shares,

@@ -16,14 +16,21 @@ import logging
 
 import cv2
 import numpy as np
-
-from backend.protocol import REFINE_MODES  # noqa: F401  (the modes are part of the wire spec)
+from scipy import sparse
 
 log = logging.getLogger(__name__)
 
 # Pixels the network puts within SURE of 0 or 1 become constraints; the rest (plus MARGIN px) is solved.
 SURE = 0.02
 MARGIN = 2
+# The Laplacian's regulariser: 1e-5 rather than closed-form matting's usual 1e-7 conditions the band's
+# system better (hard synthetic edges) and scored a little better on the validation photos (1.853 vs 1.875).
+EPSILON = 1e-5
+# Weight of a pull towards the network's alpha inside the band: keeps the system positive definite where a
+# band component is all but cut off from its constraints (hard synthetic edges); too small to move results.
+PRIOR = 1e-5
+# CG iterations before giving up (then the network's alpha is kept).
+MAX_ITERATIONS = 2000
 # Largest band solved, in pixels (time and the Laplacian's memory grow with it); larger bands keep the
 # network's alpha.
 MAX_BAND_PIXELS = 4_000_000
@@ -38,7 +45,8 @@ def refinement_band(alpha: np.ndarray, trimap: np.ndarray, *, sure: float = SURE
 
 
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
-                 margin: int = MARGIN, epsilon: float = 1e-7, max_pixels: int = MAX_BAND_PIXELS) -> np.ndarray | None:
+                 margin: int = MARGIN, epsilon: float = EPSILON, prior: float = PRIOR, max_iterations: int = MAX_ITERATIONS,
+                 max_pixels: int = MAX_BAND_PIXELS) -> np.ndarray | None:
     """Re-solve ``alpha`` in the network's unsure band under the closed-form matting Laplacian.
 
     Args:
@@ -46,12 +54,14 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
         trimap: H×W uint8, 0 / 128 / 255 (the validated trimap).
         alpha: H×W float32 in [0, 1], the network's alpha with known regions already forced.
         sure, margin: band definition (see :func:`refinement_band`).
-        epsilon: the Laplacian's regulariser (pymatting's default).
+        epsilon: the Laplacian's regulariser.
+        prior: weight of the pull towards ``alpha`` inside the band.
+        max_iterations: CG iterations before giving up.
         max_pixels: a larger band is not solved.
 
     Returns:
         The refined H×W float32 alpha (outside the band: the trimap's values, and 0 or 1 where the network was sure), or None when the band is
-        larger than ``max_pixels`` (the caller keeps the network's alpha).
+        larger than ``max_pixels`` or the solve does not converge (the caller keeps the network's alpha).
     """
     from pymatting import cf_laplacian, cg, jacobi  # numba JIT: import only when refining
 
@@ -68,11 +78,15 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     known = ~band.ravel()
     lap = cf_laplacian(np.ascontiguousarray(image, dtype=np.float64), epsilon=epsilon, is_known=known)
     rows = lap[band.ravel(), :]
-    lap_band = rows[:, band.ravel()].tocsr()
-    rhs = -rows[:, known].dot(fixed[known])
     x0 = alpha.ravel()[band.ravel()].astype(np.float64)
+    lap_band = (rows[:, band.ravel()] + prior * sparse.identity(n, format="csr")).tocsr()
+    rhs = prior * x0 - rows[:, known].dot(fixed[known])
     # Jacobi, not incomplete Cholesky: the band is a few px wide, so CG converges in a few hundred cheap
     # iterations, and flat-coloured bands (near-singular windows) cannot make the factorisation fail.
-    solved = cg(lap_band, rhs, x0=x0, M=jacobi(lap_band), rtol=1e-5)
+    try:
+        solved = cg(lap_band, rhs, x0=x0, M=jacobi(lap_band), rtol=1e-5, maxiter=max_iterations)
+    except ValueError as exc:  # pymatting's "did not converge"
+        log.warning("refinement skipped: %s", exc)
+        return None
     fixed[band.ravel()] = np.clip(solved, 0.0, 1.0)
     return fixed.reshape(alpha.shape).astype(np.float32)

@@ -66,13 +66,14 @@ def test_band_is_the_unsure_pixels_widened_by_the_margin() -> None:
     assert not refinement_band(alpha, trimap, margin=0)[:, :2].any()
 
 
-def test_no_band_snaps_and_oversized_band_is_left_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+def test_no_band_snaps_and_an_unsolved_band_is_left_to_the_caller(caplog: pytest.LogCaptureFixture) -> None:
     image, trimap, gt = strands_scene()
     sure = np.where(gt > 0.5, 0.995, 0.01).astype(np.float32)
     np.testing.assert_array_equal(refine_alpha(image, trimap, sure), np.where(trimap == 128, sure >= 0.5, trimap == 255))
     with caplog.at_level(logging.WARNING, logger="backend.refinement"):
         assert refine_alpha(image, trimap, blurry_network(gt, trimap), max_pixels=10) is None
-    assert "exceeds" in caplog.text
+        assert refine_alpha(image, trimap, blurry_network(gt, trimap), max_iterations=1) is None
+    assert "exceeds" in caplog.text and "did not converge" in caplog.text
 
 
 def test_predictor_refine_modes() -> None:
