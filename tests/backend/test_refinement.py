@@ -91,3 +91,20 @@ def test_predictor_refine_modes() -> None:
         predictor.predict(image, trimap, refine="smooth")
     with pytest.raises(ValueError, match="refine"):
         MattingPredictor(build_model("sim_tiny"), device="cpu", refine="yes")
+
+
+def test_failed_incomplete_cholesky_falls_back_to_jacobi_quietly(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import pymatting
+
+    def failing_ichol(matrix, **kwargs):  # what pymatting does on a matrix it cannot factorise
+        print("PERFORMANCE WARNING:")
+        raise ValueError("Thresholded incomplete Cholesky decomposition failed")
+
+    image, trimap, gt = strands_scene()
+    net = blurry_network(gt, trimap)
+    expected = refine_alpha(image, trimap, net)
+    monkeypatch.setattr(pymatting, "ichol", failing_ichol)
+    fallback = refine_alpha(image, trimap, net)
+    assert capsys.readouterr().out == ""
+    np.testing.assert_allclose(fallback, expected, atol=2e-3)
