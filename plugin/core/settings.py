@@ -36,6 +36,7 @@ class Settings:
     class_override: str = ""  # "" = let the model's classifier decide
     output: str = "mask"
     semantic_preview: bool = False  # also add a layer showing the semantic map / class shares
+    refine_edges: bool = True  # daemon re-solves alpha where the network is unsure (protocol option "refine")
     timeout_s: float = 120.0  # whole request deadline
     connect_timeout_s: float = 3.0  # "is the daemon there?" probe
 
@@ -56,6 +57,7 @@ class Settings:
             "class_override": lambda v: isinstance(v, str),
             "output": lambda v: v in OUTPUT_MODES,
             "semantic_preview": lambda v: isinstance(v, bool),
+            "refine_edges": lambda v: isinstance(v, bool),
             "timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 3600,
             "connect_timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 60,
         }

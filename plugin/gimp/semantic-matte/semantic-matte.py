@@ -134,6 +134,7 @@ def _read_inputs(image, layer, s: Settings) -> session.MatteInput:
         s.class_override,
         want_foreground=s.output == "layer",
         want_semantic=s.semantic_preview and preview.semantic_fits(w, h, len(SIMD_CLASSES)),
+        refine=s.refine_edges,
     )
 
 
@@ -329,6 +330,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         class_override="" if cls in ("", "auto") else cls,
         output=config.get_property("output"),
         semantic_preview=config.get_property("semantic-preview"),
+        refine_edges=config.get_property("refine-edges"),
         timeout_s=config.get_property("timeout"),
     ).validated()
     Gimp.progress_init("Semantic Matte")
@@ -425,6 +427,13 @@ class SemanticMatte(Gimp.PlugIn):
             "Semantic _preview",
             "Add a layer colouring the dominant semantic class and report the class shares",
             False,
+            rw,
+        )
+        p.add_boolean_argument(
+            "refine-edges",
+            "_Refine fine edges",
+            "Re-solve alpha with closed-form matting where the network is unsure (strands, holes)",
+            True,
             rw,
         )
         p.add_double_argument(

@@ -72,6 +72,8 @@ class MattePanel(QWidget):
         form.addRow("Output", self.output)
         self.preview = QCheckBox("Semantic preview (class map layer)")
         form.addRow("", self.preview)
+        self.refine = QCheckBox("Refine fine edges (closed-form, where the network is unsure)")
+        form.addRow("", self.refine)
         self.timeout = QSpinBox()
         self.timeout.setRange(1, 3600)
         self.timeout.setSuffix(" s")
@@ -116,6 +118,7 @@ class MattePanel(QWidget):
         self.klass.currentIndexChanged.connect(lambda _: self._save())
         self.output.currentIndexChanged.connect(lambda _: self._save())
         self.preview.toggled.connect(lambda _: self._save())
+        self.refine.toggled.connect(lambda _: self._save())
         self.timeout.valueChanged.connect(lambda _: self._save())
 
     # -- settings <-> widgets ---------------------------------------------------------------------
@@ -127,6 +130,7 @@ class MattePanel(QWidget):
         self.trimap_layer.setText(s.trimap_layer)
         self.output.setCurrentIndex(max(0, self.output.findData(s.output)))
         self.preview.setChecked(s.semantic_preview)
+        self.refine.setChecked(s.refine_edges)
         self.timeout.setValue(int(s.timeout_s))
         self._sync_enabled()
         self._loading = False
@@ -159,6 +163,7 @@ class MattePanel(QWidget):
             class_override=self.klass.currentData() or "",
             output=self.output.currentData(),
             semantic_preview=self.preview.isChecked(),
+            refine_edges=self.refine.isChecked(),
             timeout_s=float(self.timeout.value()),
         )
 
