@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from backend import processing
-from backend.refinement import refine_alpha
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
-from backend.protocol import REFINE_MODES, TRIMAP_UNKNOWN
+from backend.protocol import REFINE_BAND, REFINE_MODES, TRIMAP_UNKNOWN
+from backend.refinement import refine_alpha
 from backend.semantic_trimap import (
     WINDOW_SIZES,
     class_shares,
@@ -38,12 +38,6 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 STRIDE8 = 8  # output stride of the matting encoder (layer4 features at 1/8 resolution)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _check_refine(mode: str) -> str:
-    if mode not in REFINE_MODES:
-        raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
-    return mode
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
 # the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
 # CPU: VmHWM growth of a fresh process, 256–1024² (bench/PERFORMANCE.md): lean sim_lite 0.26–0.43, sim_r50
@@ -73,6 +67,12 @@ class MattingResult:
     timings: dict[str, float] = field(default_factory=dict)  # of the whole call (shared within a batch)
     tiles: int = 1
     batch: int = 1  # images that shared the forward pass
+
+
+def _check_refine(mode: str) -> str:
+    if mode not in REFINE_MODES:
+        raise ValueError(f"refine must be one of {', '.join(REFINE_MODES)}, got {mode!r}")
+    return mode
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -456,10 +456,9 @@ class MattingPredictor:
                 alpha = np.ascontiguousarray(alphas[i])
             else:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
-            if refine == "band":
+            if refine == REFINE_BAND:
                 t4 = time.perf_counter()
-                refined = refine_alpha(as_float_image(rgb), tri, alpha)
-                alpha = alpha if refined is None else refined
+                alpha = refine_alpha(as_float_image(rgb), tri, alpha)
                 timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t4
             fg = None
             if want_foreground:

@@ -8,7 +8,8 @@ the Laplacian in the remaining band (the unsure pixels, widened by ``margin`` px
 also move an edge the network placed a pixel off). The band is a small part of the trimap's
 unknown region, so the sparse solve costs a fraction of full closed-form matting.
 
-Chosen on the validation photos only (GT01/GT10/GT19 × both trimaps, `models/README.md`).
+Settings chosen on the validation photos only (GT01/GT10/GT19 × both trimaps):
+`docs/bench/refinement_validation.md`.
 """
 from __future__ import annotations
 
@@ -32,11 +33,15 @@ EPSILON = 1e-5
 # Weight of a pull towards the network's alpha inside the band: keeps the system positive definite where a
 # band component is all but cut off from its constraints (hard synthetic edges); too small to move results.
 PRIOR = 1e-5
-# CG iterations before giving up (then the network's alpha is kept).
+# CG iterations before giving up on a tile (its band then keeps the network's alpha).
 MAX_ITERATIONS = 2000
-# Largest band solved, in pixels (time and the Laplacian's memory grow with it); larger bands keep the
-# network's alpha.
-MAX_BAND_PIXELS = 4_000_000
+# The solve runs in tiles of TILE² px that contain band pixels, each with CONTEXT px around it whose outer
+# ring is held at the current alpha: cf_laplacian builds its matrix for the whole crop it is given (about
+# 320 B and 0.2 ms per px here), so an untiled 8k image would need ~20 GB for a thin band. Closed-form
+# solutions propagate far along an edge, so the context is generous (a crop is at most 1280², ~0.5 GB).
+# Images up to TILE + 2·CONTEXT px on both sides are solved in one piece.
+TILE = 1024
+CONTEXT = 128
 
 
 def refinement_band(alpha: np.ndarray, trimap: np.ndarray, *, sure: float = SURE, margin: int = MARGIN) -> np.ndarray:
@@ -48,8 +53,8 @@ def refinement_band(alpha: np.ndarray, trimap: np.ndarray, *, sure: float = SURE
 
 
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
-                 margin: int = MARGIN, epsilon: float = EPSILON, prior: float = PRIOR, max_iterations: int = MAX_ITERATIONS,
-                 max_pixels: int = MAX_BAND_PIXELS) -> np.ndarray | None:
+                 margin: int = MARGIN, epsilon: float = EPSILON, prior: float = PRIOR,
+                 max_iterations: int = MAX_ITERATIONS, tile: int = TILE, context: int = CONTEXT) -> np.ndarray:
     """Re-solve ``alpha`` in the network's unsure band under the closed-form matting Laplacian.
 
     Args:
@@ -59,38 +64,64 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
         sure, margin: band definition (see :func:`refinement_band`).
         epsilon: the Laplacian's regulariser.
         prior: weight of the pull towards ``alpha`` inside the band.
-        max_iterations: CG iterations before giving up.
-        max_pixels: a larger band is not solved.
+        max_iterations: CG iterations per tile before giving up on that tile.
+        tile, context: tiling of the solve (see ``TILE``).
 
     Returns:
-        The refined H×W float32 alpha (outside the band: the trimap's values, and 0 or 1 where the network was sure), or None when the band is
-        larger than ``max_pixels`` or the solve does not converge (the caller keeps the network's alpha).
+        H×W float32 alpha: the solution in the band; elsewhere the trimap's values, and 0 or 1 where the
+        network was sure. A tile whose solve does not converge keeps the network's alpha in its band.
     """
-    from pymatting import cf_laplacian, cg  # numba JIT: import only when refining
-
     band = refinement_band(alpha, trimap, sure=sure, margin=margin)
-    n = int(band.sum())
-    if n > max_pixels:
-        log.warning("refinement skipped: band of %d px exceeds %d", n, max_pixels)
-        return None
     # Outside the band every pixel is a constraint: the trimap's known regions, and the network's sure
     # pixels snapped to 0 or 1.
-    fixed = np.where(trimap == 128, alpha >= 0.5, trimap == 255).astype(np.float64).ravel()
-    if n == 0:
-        return fixed.reshape(alpha.shape).astype(np.float32)
-    known = ~band.ravel()
-    lap = cf_laplacian(np.ascontiguousarray(image, dtype=np.float64), epsilon=epsilon, is_known=known)
-    rows = lap[band.ravel(), :]
-    x0 = alpha.ravel()[band.ravel()].astype(np.float64)
-    lap_band = (rows[:, band.ravel()] + prior * sparse.identity(n, format="csr")).tocsr()
-    rhs = prior * x0 - rows[:, known].dot(fixed[known])
+    out = np.where(trimap == 128, alpha >= 0.5, trimap == 255).astype(np.float32)
+    out[band] = alpha[band]
+    h, w = band.shape
+    for y0, y1 in _spans(h, tile, context):
+        for x0, x1 in _spans(w, tile, context):
+            if not band[y0:y1, x0:x1].any():
+                continue
+            cy0, cy1, cx0, cx1 = max(0, y0 - context), min(h, y1 + context), max(0, x0 - context), min(w, x1 + context)
+            crop_band = band[cy0:cy1, cx0:cx1].copy()
+            # a crop edge inside the image is held at the current alpha (the next tile's context overlaps it)
+            crop_band[0, :] &= cy0 == 0
+            crop_band[-1, :] &= cy1 == h
+            crop_band[:, 0] &= cx0 == 0
+            crop_band[:, -1] &= cx1 == w
+            solved = _solve(image[cy0:cy1, cx0:cx1], out[cy0:cy1, cx0:cx1], crop_band, epsilon, prior, max_iterations)
+            if solved is None:
+                continue
+            core = band[y0:y1, x0:x1]
+            out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]
+    return out
+
+
+def _spans(n: int, tile: int, context: int) -> list[tuple[int, int]]:
+    if n <= tile + 2 * context:
+        return [(0, n)]
+    return [(s, min(s + tile, n)) for s in range(0, n, tile)]
+
+
+def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: float, prior: float,
+           max_iterations: int) -> np.ndarray | None:
+    """One crop: alpha in ``band`` (H×W bool) given ``current`` everywhere else; None if CG does not converge."""
+    from pymatting import cf_laplacian, cg  # numba JIT: import only when refining
+
+    inside = band.ravel()
+    outside = ~inside
+    values = current.ravel().astype(np.float64)
+    lap = cf_laplacian(np.ascontiguousarray(image, dtype=np.float64), epsilon=epsilon, is_known=outside)
+    rows = lap[inside, :]
+    x0 = values[inside]
+    lap_band = (rows[:, inside] + prior * sparse.identity(int(inside.sum()), format="csr")).tocsr()
+    rhs = prior * x0 - rows[:, outside].dot(values[outside])
     try:
         solved = cg(lap_band, rhs, x0=x0, M=_preconditioner(lap_band), rtol=1e-5, maxiter=max_iterations)
     except ValueError as exc:  # pymatting's "did not converge"
-        log.warning("refinement skipped: %s", exc)
+        log.warning("refinement of a %d-px band skipped: %s", int(inside.sum()), exc)
         return None
-    fixed[band.ravel()] = np.clip(solved, 0.0, 1.0)
-    return fixed.reshape(alpha.shape).astype(np.float32)
+    values[inside] = np.clip(solved, 0.0, 1.0)
+    return values.reshape(current.shape).astype(np.float32)
 
 
 def _preconditioner(matrix: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
