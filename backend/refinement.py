@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from scipy import sparse
 
+from backend.protocol import TRIMAP_FG, TRIMAP_UNKNOWN
+
 log = logging.getLogger(__name__)
 
 # Pixels the network puts within SURE of 0 or 1 become constraints; the rest (plus MARGIN px) is solved.
@@ -49,7 +51,7 @@ def refinement_band(alpha: np.ndarray, trimap: np.ndarray, *, sure: float = SURE
     unsure = ((alpha > sure) & (alpha < 1.0 - sure)).astype(np.uint8)
     if margin > 0:
         unsure = cv2.dilate(unsure, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
-    return (unsure > 0) & (trimap == 128)
+    return (unsure > 0) & (trimap == TRIMAP_UNKNOWN)
 
 
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
@@ -74,7 +76,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     band = refinement_band(alpha, trimap, sure=sure, margin=margin)
     # Outside the band every pixel is a constraint: the trimap's known regions, and the network's sure
     # pixels snapped to 0 or 1.
-    out = np.where(trimap == 128, alpha >= 0.5, trimap == 255).astype(np.float32)
+    out = np.where(trimap == TRIMAP_UNKNOWN, alpha >= 0.5, trimap == TRIMAP_FG).astype(np.float32)
     out[band] = alpha[band]
     h, w = band.shape
     for y0, y1 in _spans(h, tile, context):
