@@ -45,11 +45,8 @@ def cf_baseline(trimap_set: str) -> dict[str, dict[str, float]]:
 
 def run(predictor: MattingPredictor, samples: list, semantic: bool, out_dir: Path | None, title: str,
         refine: str | None = None):
-    def predict(img, tri, group):
-        return predictor.predict(img, tri, semantic=semantic, refine=refine).alpha
-
-    evaluation.evaluate(predict, samples[:1])  # untimed warm-up: one-time imports (numba) and allocations
-    result = evaluation.evaluate(predict, samples)
+    result = evaluation.evaluate(
+        lambda img, tri, group: predictor.predict(img, tri, semantic=semantic, refine=refine).alpha, samples)
     if out_dir is not None:
         evaluation.write_report(result, out_dir, title=title)
     return result
