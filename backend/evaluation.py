@@ -21,7 +21,6 @@ computed on the ``trimap == 128`` region. Time is the wall clock of the ``predic
 from __future__ import annotations
 
 import contextlib
-
 import datetime as _dt
 import math
 import time

@@ -456,13 +456,15 @@ class MattingPredictor:
                 alpha = np.ascontiguousarray(alphas[i])
             else:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
+            # refinement and foreground estimation both need the float image: convert once
+            image_f = as_float_image(rgb) if refine == REFINE_BAND or want_foreground else None
             if refine == REFINE_BAND:
                 t4 = time.perf_counter()
-                alpha = refine_alpha(as_float_image(rgb), tri, alpha)
+                alpha = refine_alpha(image_f, tri, alpha)
                 timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t4
             fg = None
             if want_foreground:
-                fg = self._foreground(as_float_image(rgb), alpha, fg_t[i, :, :h, :w].float().cpu().numpy()
+                fg = self._foreground(image_f, alpha, fg_t[i, :, :h, :w].float().cpu().numpy()
                                       .transpose(1, 2, 0) if fg_t is not None else None)
             result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles, batch=n)
             if want_semantic:

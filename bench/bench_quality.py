@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from backend import evaluation
-from backend.protocol import REFINE_BAND, REFINE_MODES, REFINE_OFF
 from backend.predictor import MattingPredictor
+from backend.protocol import REFINE_BAND, REFINE_MODES, REFINE_OFF
 
 SHARED = REPO.parent / "shared"
 TARGET_RATIO = 0.8  # goal: mean SAD ≤ 0.8 × closed-form
