@@ -1,8 +1,9 @@
-"""`semantic-matte train …`: classifier | discriminator | matting | custom | export.
+"""`semantic-matte train …`: classifier | discriminator | matting | custom | export | average.
 
     semantic-matte train matting --config trainer/configs/default_sim_lite.toml [key=value ...] [--resume]
     semantic-matte train custom --classes cat,dog,bird --data DIR [--out DIR] [--steps N]
     semantic-matte train export RUN/checkpoints/step_00000250.pt [-o weights.pt]
+    semantic-matte train average RUN/checkpoints/step_*.pt -o weights.pt [--bn-batches 50]
     torchrun --nproc-per-node 2 -m trainer.cli train matting --config ...   # DistributedDataParallel
 
 Imports stay light at module level (``backend.cli`` builds its parser from ``add_cli`` on every call);
@@ -94,6 +95,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return _run_guarded(run)
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    _setup_logging()
+
+    def run() -> None:
+        from trainer.engine import average_snapshots
+
+        out = average_snapshots(args.snapshots, args.out, half=args.half, bn_batches=args.bn_batches)
+        print(f"weights: {out}")
+
+    return _run_guarded(run)
+
+
 def cmd_custom(args: argparse.Namespace) -> int:
     _setup_logging()
     from trainer.custom import train_custom
@@ -152,6 +165,19 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", type=Path, help="weights file (default <run>/<task>_step<N>.pt)")
     p.add_argument("--half", action="store_true", help="store fp16 (half the size; the daemon computes in fp32)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "average", help="the mean of one run's snapshots as one weights file (stochastic weight averaging)"
+    )
+    p.add_argument("snapshots", type=Path, nargs="+", help="snapshot files of one run")
+    p.add_argument("-o", "--out", type=Path, required=True, help="weights file")
+    p.add_argument("--half", action="store_true", help="store fp16 (half the size; the daemon computes in fp32)")
+    p.add_argument(
+        "--bn-batches", type=int, default=0, metavar="N",
+        help="re-estimate BatchNorm statistics on N training batches of the run's data config (default 0: "
+        "average the snapshots' statistics)",
+    )
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser(
         "custom", help="train classifier, discriminator and matting model for your own classes"

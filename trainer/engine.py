@@ -761,6 +761,81 @@ def export_snapshot(snapshot: str | Path, out: str | Path | None = None, *, half
     return task.export(out, {"trained_steps": step, "run": str(run_dir)}, half)
 
 
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The element-wise mean of floating tensors (weights and BatchNorm statistics), computed in fp32 and
+    cast back; integer buffers (``num_batches_tracked``) come from the last state."""
+    if not states:
+        raise ValueError("nothing to average")
+    keys = list(states[-1])
+    for sd in states:
+        if list(sd) != keys or any(sd[k].shape != states[-1][k].shape for k in keys):
+            raise ValueError("snapshots of different architectures cannot be averaged")
+    return {
+        k: (torch.stack([sd[k].float() for sd in states]).mean(0).to(v.dtype) if v.is_floating_point() else v.clone())
+        for k, v in states[-1].items()
+    }
+
+
+@torch.no_grad()
+def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
+    """Re-estimate every BatchNorm's running statistics of ``task.model`` on ``batches`` training batches
+    (a plain mean over them, as ``torch.optim.swa_utils.update_bn`` does). Averaged weights need this: the
+    average of the snapshots' running statistics does not describe the averaged network's activations.
+    The forward pass is the training step's own (semantic trimap, trimap encoding), in fp32."""
+    model = task.model
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch weighs the same
+    dataset = build_dataset(cfg.data.train, cfg, "train")
+    if dataset is None:
+        raise ValueError("the snapshot's config has no training data (data.train) to re-estimate BatchNorm on")
+    if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
+        prepare_dataset(dataset)
+    batch_iter = iter(train_loader(dataset, cfg, task.collate, device=task.device))
+    model.train()
+    try:
+        for _ in range(batches):
+            task.step(model, to_device(next(batch_iter), task.device))
+    finally:
+        del batch_iter  # stops the loader workers now, not at interpreter exit (where they abort noisily)
+        for m, momentum in momenta.items():
+            m.momentum = momentum
+        model.eval()
+
+
+def average_snapshots(
+    snapshots: Sequence[str | Path],
+    out: str | Path,
+    *,
+    half: bool = False,
+    bn_batches: int = 0,
+) -> Path:
+    """Stochastic weight averaging of one run's snapshots: the mean of their networks as one weights file
+    (the flat region around a noisy trajectory usually generalises better than any single point on it).
+    ``bn_batches`` > 0 re-estimates the BatchNorm statistics on that many training batches of the last
+    snapshot's data config (:func:`recompute_batchnorm`). The frozen helpers the config names must exist."""
+    if not snapshots:
+        raise ValueError("no snapshots given")
+    snaps = [load_snapshot(Path(p)) for p in snapshots]
+    last = snaps[-1]
+    data = dict(last["config"])
+    data["model"] = {**data["model"], "init": ""}
+    cfg = config_from_dict(data)
+    if any(s["config"]["task"] != cfg.task or s["config"]["model"]["arch"] != cfg.model.arch for s in snaps):
+        raise ValueError("snapshots of different tasks or architectures cannot be averaged")
+    task = build_task(cfg, torch.device("cpu"))
+    task.model.load_state_dict(average_state_dicts([s["models"][task.name] for s in snaps]))
+    recompute_batchnorm(task, cfg, bn_batches)
+    steps = [int(s["step"]) for s in snaps]
+    meta = {"trained_steps": max(steps), "averaged_steps": steps, "bn_batches": bn_batches,
+            "run": str(Path(snapshots[-1]).resolve().parent.parent)}
+    return task.export(Path(out), meta, half)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, **kwargs: Any) -> Trainer:
     """Build a Trainer, train, tear down the process group; returns the trainer (history, run_dir).
     Raises :class:`TrainingStopped` when a signal ended the run early (after saving a snapshot)."""

@@ -21,7 +21,7 @@ from backend.models.registry import build_model
 from backend.models.weights import load_weights, save_checkpoint
 from trainer import checkpoint as ckpt
 from trainer.config import ConfigError, load_config
-from trainer.engine import ResumableSampler, Trainer, export_snapshot, lr_factor
+from trainer.engine import ResumableSampler, Trainer, average_snapshots, export_snapshot, lr_factor
 from trainer.tasks import MattingCollate
 
 NUM_CLASSES = 3
@@ -246,6 +246,47 @@ def test_exported_snapshot_equals_the_finished_runs_weights(tmp_path, helpers):
     assert small.stat().st_size < 0.6 * out.stat().st_size
     c = load_weights(small, "matting").model.state_dict()
     assert all(torch.allclose(c[k].float(), a[k].float(), rtol=1e-3, atol=1e-4) for k in a)
+
+
+def test_average_of_snapshots_is_their_mean_and_re_estimates_batchnorm(tmp_path, helpers):
+    """`semantic-matte train average`: the mean of a run's snapshots as loadable weights; with --bn-batches the
+    BatchNorm statistics are re-estimated on the run's own training data and the weights stay the mean."""
+    cfg = _cfg(tmp_path, "swa", "matting", "schedule.steps=4", "run.ckpt_every=2", "run.keep_ckpts=5",
+               f"model.classifier={helpers['classifier']}",
+               "data.train=[{kind='synthetic', count=8, gen_size=96, crop_sizes=[64], classes=['net']}]")
+    Trainer(cfg).train()
+    snaps = [ckpt.snapshot_path(tmp_path / "swa", s) for s in (2, 4)]
+    states = [ckpt.load_snapshot(p)["models"]["matting"] for p in snaps]
+    avg = load_weights(average_snapshots(snaps, tmp_path / "avg.pt"), "matting")
+    assert avg.meta["averaged_steps"] == [2, 4] and avg.meta["classifier"] == "classifier.pt"
+    got = avg.model.state_dict()
+    for k, v in got.items():
+        want = (states[0][k] + states[1][k]) / 2 if v.is_floating_point() else states[1][k]
+        assert torch.allclose(v, want, atol=1e-6), k
+    one = load_weights(average_snapshots(snaps[1:], tmp_path / "one.pt"), "matting").model.state_dict()
+    last = load_weights(export_snapshot(snaps[1], tmp_path / "last.pt"), "matting").model.state_dict()
+    assert all(torch.equal(one[k], last[k]) for k in one)
+
+    bn = load_weights(average_snapshots(snaps, tmp_path / "bn.pt", bn_batches=2), "matting")
+    assert bn.meta["bn_batches"] == 2
+    re = bn.model.state_dict()
+    stats = [k for k in re if k.endswith(("running_mean", "running_var"))]
+    assert stats and any(not torch.allclose(re[k], got[k]) for k in stats)
+    assert all(torch.equal(re[k], got[k]) for k in re if k not in stats and not k.endswith("num_batches_tracked"))
+    assert all(bool((re[k] > 0).all()) for k in stats if k.endswith("running_var"))
+    momenta = {m.momentum for m in bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert None not in momenta
+
+
+def test_average_refuses_snapshots_of_different_architectures(tmp_path):
+    from trainer.engine import average_state_dicts
+
+    a = build_model("sim_tiny", num_classes=NUM_CLASSES).state_dict()
+    b = build_model("sim_tiny", num_classes=NUM_CLASSES + 1).state_dict()
+    with pytest.raises(ValueError, match="different architectures"):
+        average_state_dicts([a, b])
+    with pytest.raises(ValueError, match="nothing to average"):
+        average_state_dicts([])
 
 
 def test_deterministic_gaussian_trimap_matches_backend_encoding():
