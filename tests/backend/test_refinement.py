@@ -13,7 +13,7 @@ from backend import protocol as P
 from backend.metrics import sad_error
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
-from backend.refinement import refine_alpha, refinement_band
+from backend.refinement import colour_alpha, contradicted_by_colour, refine_alpha, refinement_band
 from tests.conftest import make_example
 
 
@@ -48,7 +48,7 @@ def test_refinement_recovers_strands_a_blurry_alpha_lost() -> None:
     assert after < 0.3 * before, (before, after)
     # known regions are the trimap's; outside the band the network's sure pixels snap to 0 / 1
     assert (refined[trimap == 0] == 0).all() and (refined[trimap == 255] == 1).all()
-    band = refinement_band(net, trimap)
+    band = refinement_band(net, trimap, contradicted=contradicted_by_colour(net, trimap, colour_alpha(image, trimap)))
     outside = (trimap == 128) & ~band
     assert outside.any()
     np.testing.assert_array_equal(refined[outside], (net[outside] >= 0.5).astype(np.float32))
@@ -64,6 +64,39 @@ def test_band_is_the_unsure_pixels_widened_by_the_margin() -> None:
     assert refinement_band(alpha, trimap, margin=2).sum() == 25
     alpha[:, :2] = 0.5  # unsure but trimap-known pixels are never solved
     assert not refinement_band(alpha, trimap, margin=0)[:, :2].any()
+
+
+def holes_scene(h: int = 120, w: int = 160) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red object whose unknown band has round holes showing the blue background."""
+    alpha = np.zeros((h, w), np.float32)
+    alpha[:80] = 1.0
+    for x in range(25, w - 20, 30):
+        cv2.circle(alpha, (x, 60), 6, 0.0, -1)
+    alpha = cv2.GaussianBlur(alpha, (0, 0), 0.7)
+    fg, bg = np.array([0.85, 0.2, 0.15], np.float32), np.array([0.1, 0.35, 0.7], np.float32)
+    image = alpha[..., None] * fg + (1 - alpha[..., None]) * bg
+    trimap = np.full((h, w), 128, np.uint8)
+    trimap[:45] = 255
+    trimap[95:] = 0
+    return image.astype(np.float32), trimap, alpha
+
+
+def test_colour_check_re_solves_holes_the_network_confidently_filled() -> None:
+    image, trimap, gt = holes_scene()
+    net = np.where(np.arange(gt.shape[0])[:, None] < 80, 0.999, 0.001) * np.ones_like(gt)  # holes filled, sure
+    net[trimap == 0], net[trimap == 255] = 0.0, 1.0
+    net = net.astype(np.float32)
+    ca = colour_alpha(image, trimap)
+    unknown = trimap == 128
+    assert np.abs(ca - gt)[unknown].mean() < 0.05  # the colour line separates these two colours well
+    holes = unknown & (gt < 0.1) & (net > 0.5)
+    assert contradicted_by_colour(net, trimap, ca)[holes].all()
+    assert not refinement_band(net, trimap)[holes].any()
+    checked = refine_alpha(image, trimap, net)
+    trusted = refine_alpha(image, trimap, net, colour_tolerance=None)
+    assert (trusted[holes] == 1).all()  # a hole ringed by sure pixels stays filled without the check
+    assert checked[holes].mean() < 0.1 and (checked[holes] < 0.25).all()
+    assert sad_error(checked, gt, trimap) < 0.25 * sad_error(trusted, gt, trimap)
 
 
 def test_no_band_snaps_and_an_unsolved_band_keeps_the_network_alpha(caplog: pytest.LogCaptureFixture) -> None:
