@@ -41,7 +41,7 @@ EPSILON = 1e-5
 # band component is all but cut off from its constraints (hard synthetic edges); too small to move results.
 PRIOR = 1e-5
 # A sure pixel whose colour-line alpha differs from its snapped value by more than this is re-solved
-# (None: trust every sure pixel). Validation photos 1.782 -> 1.703, procedural validation 8.91 -> 8.48.
+# (None: trust every sure pixel). Validation photos 1.782 -> 1.709, procedural validation 8.91 -> 8.43.
 COLOUR_TOLERANCE: float | None = 0.5
 # Scales (px) of the local known-colour means, finest first: each pixel takes the finest scale that has
 # known pixels nearby, so a wide unknown band still finds colours to compare with.
