@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import cv2
 import numpy as np
@@ -81,14 +82,20 @@ def holes_scene(h: int = 120, w: int = 160) -> tuple[np.ndarray, np.ndarray, np.
     return image.astype(np.float32), trimap, alpha
 
 
-def test_colour_check_re_solves_holes_the_network_confidently_filled() -> None:
+def holes_scene_filled() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The holes scene and a network that is sure of everything and filled the holes: (image, trimap, alpha)."""
     image, trimap, gt = holes_scene()
-    net = np.where(np.arange(gt.shape[0])[:, None] < 80, 0.999, 0.001) * np.ones_like(gt)  # holes filled, sure
+    net = np.where(np.arange(gt.shape[0])[:, None] < 80, 0.999, 0.001) * np.ones_like(gt)
     net[trimap == 0], net[trimap == 255] = 0.0, 1.0
-    net = net.astype(np.float32)
+    return image, trimap, net.astype(np.float32)
+
+
+def test_colour_check_re_solves_holes_the_network_confidently_filled() -> None:
+    image, trimap, net = holes_scene_filled()
+    gt = holes_scene()[2]
     ca = colour_alpha(image, trimap)
     unknown = trimap == 128
-    assert np.abs(ca - gt)[unknown].mean() < 0.05  # the colour line separates these two colours well
+    assert np.abs(ca - gt)[unknown].mean() < 0.05  # colour samples separate these two colours well
     holes = unknown & (gt < 0.1) & (net > 0.5)
     assert contradicted_by_colour(net, trimap, ca)[holes].all()
     assert not refinement_band(net, trimap)[holes].any()
@@ -102,12 +109,16 @@ def test_colour_check_re_solves_holes_the_network_confidently_filled() -> None:
 def test_no_band_snaps_and_an_unsolved_band_keeps_the_network_alpha(caplog: pytest.LogCaptureFixture) -> None:
     image, trimap, gt = strands_scene()
     sure = np.where(gt > 0.5, 0.995, 0.01).astype(np.float32)
-    np.testing.assert_array_equal(refine_alpha(image, trimap, sure), np.where(trimap == 128, sure >= 0.5, trimap == 255))
-    net = blurry_network(gt, trimap)
+    snapped = refine_alpha(image, trimap, sure, colour_tolerance=None)
+    np.testing.assert_array_equal(snapped, np.where(trimap == 128, sure >= 0.5, trimap == 255))
+    image, trimap, net = holes_scene_filled()
     with caplog.at_level(logging.WARNING, logger="backend.refinement"):
         unsolved = refine_alpha(image, trimap, net, max_iterations=1)
     assert "did not converge" in caplog.text
-    band = refinement_band(net, trimap)
+    # the band includes the pixels the colour check contradicted; those too get the network's alpha back
+    contradicted = contradicted_by_colour(net, trimap, colour_alpha(image, trimap))
+    band = refinement_band(net, trimap, contradicted=contradicted)
+    assert contradicted.any()
     np.testing.assert_array_equal(unsolved[band], net[band])
 
 
@@ -154,3 +165,16 @@ def test_failed_incomplete_cholesky_falls_back_to_jacobi_quietly(monkeypatch: py
     fallback = refine_alpha(image, trimap, net)
     assert capsys.readouterr().out == ""
     np.testing.assert_allclose(fallback, expected, atol=2e-3)
+
+
+@pytest.mark.parametrize("missing", [0, 255])
+def test_colour_check_is_skipped_without_known_foreground_or_background(missing: int) -> None:
+    """Nothing to sample colours from: no check, no warnings, the threshold band alone (as colour_tolerance=None)."""
+    image, trimap, gt = strands_scene()
+    trimap = np.where(trimap == missing, 128, trimap).astype(np.uint8)
+    net = blurry_network(gt, trimap)
+    assert colour_alpha(image, trimap) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(refine_alpha(image, trimap, net),
+                                      refine_alpha(image, trimap, net, colour_tolerance=None))
