@@ -68,8 +68,8 @@ def colour_alpha(image: np.ndarray, trimap: np.ndarray) -> np.ndarray | None:
     """H×W alpha from colour samples alone (Shared Matting, Gastal & Oliveira 2010, pymatting's
     ``estimate_alpha_sm``): each unknown pixel explained by the best pair of known foreground and background
     colours found along rays. Computed at 1/``COLOUR_SCALE`` size or smaller (``COLOUR_MAX_SIDE``; holes the
-    check must catch are several px wide) and upsampled. None when the trimap has no known foreground or no known background
-    (nothing to sample)."""
+    check must catch are several px wide) and upsampled. None when the trimap has no known foreground or no
+    known background (nothing to sample)."""
     from pymatting import estimate_alpha_sm  # numba JIT: import only when refining
 
     if not (trimap == TRIMAP_FG).any() or not (trimap == TRIMAP_BG).any():
