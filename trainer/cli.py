@@ -167,9 +167,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
-        "average", help="the mean of one run's snapshots as one weights file (stochastic weight averaging)"
+        "average", help="the mean of a run's snapshots as one weights file (stochastic weight averaging)"
     )
-    p.add_argument("snapshots", type=Path, nargs="+", help="snapshot files of one run")
+    p.add_argument("snapshots", type=Path, nargs="+", help="snapshot files of one run (or of runs that continued it)")
     p.add_argument("-o", "--out", type=Path, required=True, help="weights file")
     p.add_argument("--half", action="store_true", help="store fp16 (half the size; the daemon computes in fp32)")
     p.add_argument(

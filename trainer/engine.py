@@ -779,7 +779,8 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, 
 @torch.no_grad()
 def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
     """Re-estimate every BatchNorm's running statistics of ``task.model`` on ``batches`` training batches
-    (a plain mean over them, as ``torch.optim.swa_utils.update_bn`` does). Averaged weights need this: the
+    (a plain mean over them, as ``torch.optim.swa_utils.update_bn`` does; that helper calls ``model(batch)``
+    and cannot drive this multi-input forward). Averaged weights need this: the
     average of the snapshots' running statistics does not describe the averaged network's activations.
     The forward pass is the training step's own (semantic trimap, trimap encoding), in fp32."""
     model = task.model
@@ -814,8 +815,9 @@ def average_snapshots(
     half: bool = False,
     bn_batches: int = 0,
 ) -> Path:
-    """Stochastic weight averaging of one run's snapshots: the mean of their networks as one weights file
-    (the flat region around a noisy trajectory usually generalises better than any single point on it).
+    """Stochastic weight averaging of one training trajectory's snapshots (a run and the runs that continued
+    it): the mean of their networks as one weights file (the flat region around a noisy trajectory usually
+    generalises better than any single point on it).
     ``bn_batches`` > 0 re-estimates the BatchNorm statistics on that many training batches of the last
     snapshot's data config (:func:`recompute_batchnorm`). The frozen helpers the config names must exist."""
     if not snapshots:
