@@ -201,7 +201,11 @@ def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: fl
 
 def _preconditioner(matrix: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
     """Incomplete Cholesky (CG then converges in a few iterations: about 2x faster than Jacobi on the
-    held-out photos' bands); Jacobi where the factorisation fails (near-singular flat-colour windows)."""
+    held-out photos' bands); Jacobi where the factorisation fails (near-singular flat-colour windows).
+    The factor is thresholded more coarsely than pymatting's default (1e-3 instead of 1e-4, with a diagonal
+    shift, which that threshold needs to stay positive definite): factorising dominated the refinement, and
+    the coarser factor made it 27 % faster on 12 training / validation crops for the same SAD (10.290 vs
+    10.292). Only the preconditioner changes; CG solves the same system to the same tolerance."""
     from pymatting import ichol, jacobi
 
     # pymatting reports each failed attempt with print(): keep that off stdout and in the debug log.
@@ -209,7 +213,7 @@ def _preconditioner(matrix: sparse.csr_matrix) -> Callable[[np.ndarray], np.ndar
     captured = io.StringIO()
     try:
         with contextlib.redirect_stdout(captured):
-            return ichol(matrix.tocsc(), shifts=[0.0, 1e-4, 1e-3])
+            return ichol(matrix.tocsc(), discard_threshold=1e-3, shifts=[1e-3, 1e-2])
     except ValueError:
         log.debug("incomplete Cholesky failed, Jacobi instead")
         return jacobi(matrix)
