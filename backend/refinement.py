@@ -79,7 +79,7 @@ def colour_alpha(image: np.ndarray, trimap: np.ndarray) -> np.ndarray | None:
     small = (w // scale, h // scale)
     im, tri = image, trimap
     if scale > 1:
-        im = cv2.resize(image.astype(np.float32), small, interpolation=cv2.INTER_AREA)
+        im = cv2.resize(np.asarray(image, np.float32), small, interpolation=cv2.INTER_AREA)
         tri = cv2.resize(trimap, small, interpolation=cv2.INTER_NEAREST)
         if not (tri == TRIMAP_FG).any() or not (tri == TRIMAP_BG).any():  # thin known regions vanished
             im, tri, scale = image, trimap, 1
@@ -92,11 +92,16 @@ def colour_alpha(image: np.ndarray, trimap: np.ndarray) -> np.ndarray | None:
     return np.clip(alpha, 0.0, 1.0)
 
 
+def _unsure(alpha: np.ndarray, sure: float) -> np.ndarray:
+    """H×W bool: alpha further than ``sure`` from both 0 and 1."""
+    return (alpha > sure) & (alpha < 1.0 - sure)
+
+
 def refinement_band(alpha: np.ndarray, trimap: np.ndarray, *, sure: float = SURE, margin: int = MARGIN,
                     contradicted: np.ndarray | None = None) -> np.ndarray:
     """H×W bool: the trimap-unknown pixels whose alpha the refinement solves for: the network's unsure
     pixels plus the ``contradicted`` ones (see :func:`contradicted_by_colour`), widened by ``margin`` px."""
-    unsure = (alpha > sure) & (alpha < 1.0 - sure)
+    unsure = _unsure(alpha, sure)
     if contradicted is not None:
         unsure |= contradicted
     band = unsure.astype(np.uint8)
@@ -109,9 +114,8 @@ def contradicted_by_colour(alpha: np.ndarray, trimap: np.ndarray, colour: np.nda
                            tolerance: float = COLOUR_TOLERANCE) -> np.ndarray:
     """H×W bool: trimap-unknown pixels the network is sure of whose colour alpha (:func:`colour_alpha`)
     differs from the snapped value by more than ``tolerance``."""
-    is_sure = (alpha <= sure) | (alpha >= 1.0 - sure)
     snapped = (alpha >= 0.5).astype(np.float32)
-    return (trimap == TRIMAP_UNKNOWN) & is_sure & (np.abs(colour - snapped) > tolerance)
+    return (trimap == TRIMAP_UNKNOWN) & ~_unsure(alpha, sure) & (np.abs(colour - snapped) > tolerance)
 
 
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,

@@ -218,6 +218,13 @@ def prepare_dataset(dataset: Any) -> None:
         dataset.prepare()
 
 
+def prepare_for_loader(dataset: Any, cfg: TrainConfig) -> None:
+    """Prepare ``dataset`` in this process when its loader's workers will not: with no workers, or forked
+    ones (they inherit it); spawned workers prepare their own."""
+    if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
+        prepare_dataset(dataset)
+
+
 def _worker_init(worker_id: int) -> None:
     import cv2
 
@@ -496,8 +503,7 @@ class Trainer:
         if self.train_dataset is None:
             raise ValueError("no training data: set data.train")
         self.val_dataset = val_dataset if val_dataset is not None else build_dataset(cfg.data.val, cfg, "val")
-        if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
-            prepare_dataset(self.train_dataset)  # forked workers inherit it; spawned ones prepare their own
+        prepare_for_loader(self.train_dataset, cfg)
         self.loader = self._loader(start=self.step * cfg.data.batch_size)
 
         if self.is_main:
@@ -745,6 +751,14 @@ class Trainer:
         return self.task.export(path, {"trained_steps": self.step, "run": str(self.run_dir)})
 
 
+def _snapshot_task(snap: dict[str, Any]) -> Task:
+    """The task a snapshot's config describes, on the CPU, without loading the config's init file (the
+    snapshot holds the weights)."""
+    data = dict(snap["config"])
+    data["model"] = {**data["model"], "init": ""}
+    return build_task(config_from_dict(data), torch.device("cpu"))
+
+
 def export_snapshot(snapshot: str | Path, out: str | Path | None = None, *, half: bool = False) -> Path:
     """The network of a training snapshot in the backend weights format, as the finished run would have
     exported it (default ``<run dir>/<task>_step<N>.pt``; ``half``: fp16 storage, half the size): to evaluate
@@ -752,9 +766,7 @@ def export_snapshot(snapshot: str | Path, out: str | Path | None = None, *, half
     classifier) must still exist."""
     snapshot = Path(snapshot)
     snap = load_snapshot(snapshot)
-    data = dict(snap["config"])
-    data["model"] = {**data["model"], "init": ""}  # the snapshot holds the weights; skip loading the init file
-    task = build_task(config_from_dict(data), torch.device("cpu"))
+    task = _snapshot_task(snap)
     task.model.load_state_dict(snap["models"][task.name])
     step, run_dir = int(snap["step"]), snapshot.resolve().parent.parent
     out = Path(out) if out is not None else run_dir / f"{task.name}_step{step:08d}.pt"
@@ -794,8 +806,7 @@ def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
     dataset = build_dataset(cfg.data.train, cfg, "train")
     if dataset is None:
         raise ValueError("the snapshot's config has no training data (data.train) to re-estimate BatchNorm on")
-    if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
-        prepare_dataset(dataset)
+    prepare_for_loader(dataset, cfg)
     batch_iter = iter(train_loader(dataset, cfg, task.collate, device=task.device))
     model.train()
     try:
@@ -823,13 +834,10 @@ def average_snapshots(
     if not snapshots:
         raise ValueError("no snapshots given")
     snaps = [load_snapshot(Path(p)) for p in snapshots]
-    last = snaps[-1]
-    data = dict(last["config"])
-    data["model"] = {**data["model"], "init": ""}
-    cfg = config_from_dict(data)
+    task = _snapshot_task(snaps[-1])
+    cfg = task.cfg
     if any(s["config"]["task"] != cfg.task or s["config"]["model"]["arch"] != cfg.model.arch for s in snaps):
         raise ValueError("snapshots of different tasks or architectures cannot be averaged")
-    task = build_task(cfg, torch.device("cpu"))
     task.model.load_state_dict(average_state_dicts([s["models"][task.name] for s in snaps]))
     recompute_batchnorm(task, cfg, bn_batches)
     steps = [int(s["step"]) for s in snaps]
