@@ -197,7 +197,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", type=Path, help="patch-classifier checkpoint (ours or official)")
     p.add_argument("--model", help="name of a model on the weights search path (see `info`)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="autocast precision")
+    p.add_argument("--precision", default=P.PRECISION_AUTO, choices=P.PRECISION_MODES,
+                   help="autocast precision (auto: bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--tile", type=_parse_tile, default=None, metavar="auto|off|PX",
                    help="tiled inference for large images (default auto: by memory budget)")
     p.add_argument("--trimap-mode", default="strict", choices=["strict", "tolerant"],

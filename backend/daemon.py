@@ -178,7 +178,8 @@ def _devices(args: argparse.Namespace) -> list[str]:
 def _worker_argv(args: argparse.Namespace, device: str, back: str, index: int, curve_files: tuple[str, str] | None,
                  threads: int = 0) -> list[str]:
     argv = [sys.executable, "-m", "backend.worker", "--connect", back, "--device", device,
-            "--precision", args.precision if device != "cpu" or args.precision == "bf16" else "fp32",
+            # fp16 autocast is slow on CPUs: CPU workers of an fp16 daemon run fp32
+            "--precision", "fp32" if device == "cpu" and args.precision == "fp16" else args.precision,
             "--name", f"{os.uname().nodename}/{device}#{index}", "--parent-pid", str(os.getpid()),
             "--log-level", args.log_level]
     for flag, value in (("--weights", args.weights), ("--classifier-weights", args.classifier_weights),
@@ -405,7 +406,8 @@ def add_cli(subparsers: Any) -> None:
                    help="worker processes (default: one per GPU, else 1 CPU worker; 0 = none, for remote workers)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, or a list: cuda:0,cuda:1")
     p.add_argument("--cpu-workers", type=int, default=0, help="extra CPU workers next to the GPU ones")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--precision", default=P.PRECISION_AUTO, choices=P.PRECISION_MODES,
+                   help="worker autocast precision (auto: bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--weights", help="matting weights file")
     p.add_argument("--classifier-weights", help="classifier weights file")
     p.add_argument("--model", help="registry model with random weights (tests/benchmarks), e.g. sim_tiny")

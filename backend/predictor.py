@@ -22,7 +22,7 @@ from backend import processing
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
-from backend.protocol import REFINE_BAND, REFINE_MODES, TRIMAP_UNKNOWN
+from backend.protocol import PRECISION_AUTO, PRECISION_MODES, REFINE_BAND, REFINE_MODES, TRIMAP_UNKNOWN
 from backend.refinement import refine_alpha
 from backend.semantic_trimap import (
     WINDOW_SIZES,
@@ -38,6 +38,30 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 STRIDE8 = 8  # output stride of the matting encoder (layer4 features at 1/8 resolution)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# x86 flags of native bf16 arithmetic: there oneDNN runs bf16 convolutions ~1.5x faster than fp32 (2-core Zen 4:
+# network 0.24 vs 0.40 s per held-out photo, bench/PERFORMANCE.md); elsewhere bf16 is emulated and slower.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(f in flags for f in NATIVE_BF16_FLAGS) and torch.backends.mkldnn.is_available()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto": bf16 autocast on CPUs with native bf16 (the trained default model scores the same: validation
+    SAD 1.274 vs 1.271 in fp32), fp32 elsewhere, GPUs included (bf16 misses the 2/255 max-error goal there,
+    bench/PERFORMANCE.md). Any other value is checked and returned."""
+    if precision == PRECISION_AUTO:
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_MODES)}, got {precision!r}")
+    return precision
 # Measured peak activation memory of one matting forward ÷ ``_activation_floats_per_px`` count × bytes, for
 # the lean forward of the optimised path (``accel.sim_inference_forward``) and for the module's own forward.
 # CPU: VmHWM growth of a fresh process, 256–1024² (bench/PERFORMANCE.md): lean sim_lite 0.26–0.43, sim_r50
@@ -114,7 +138,8 @@ class MattingPredictor:
         classifier: a PatchClassifier, or None (semantic trimap all zero unless classes are overridden).
         classes: class names of the model (default: the 20 SIMD classes).
         device: "auto", "cpu", "cuda", "cuda:1", ...
-        precision: "fp32", or "fp16"/"bf16" autocast (GPU; bf16 also on CPU).
+        precision: "auto" (bf16 on CPUs with native bf16, else fp32; see :func:`resolve_precision`),
+            "fp32", or "fp16"/"bf16" autocast (GPU; bf16 also on CPU).
         tile: None = automatic from ``memory_budget_gb``; 0 = never tile; N = tile side in px.
         tile_overlap: overlap between tiles in px (multiple of 8).
         memory_budget_gb: activation memory allowed for one forward pass before tiling kicks in.
@@ -141,15 +166,14 @@ class MattingPredictor:
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
                  classes: Sequence[str] | None = None, device: str | torch.device = "auto",
-                 precision: str = "fp32", tile: int | None = None, tile_overlap: int = 128,
+                 precision: str = "auto", tile: int | None = None, tile_overlap: int = 128,
                  memory_budget_gb: float = 4.0, trimap_mode: str = "strict", foreground_head: bool = False,
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
                  channels_last: bool = True, tile_context: str = "image", refine: str = "band") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
+        precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.classifier = classifier.to(self.device).eval() if classifier is not None else None
         num_classes = getattr(model, "num_classes", len(SIMD_CLASSES))
@@ -299,7 +323,9 @@ class MattingPredictor:
         return floats
 
     def _act_bytes(self) -> int:
-        return 4 if PRECISIONS[self.precision] is None else 2
+        # CPU bf16 autocast keeps fp32 activations around the convolutions (a fresh-process 512² sim_lite
+        # forward grew VmHWM by 0.13 GiB in bf16, the fp32 estimate): only CUDA halves them.
+        return 2 if PRECISIONS[self.precision] is not None and self.device.type == "cuda" else 4
 
     def estimate_memory_gb(self, h: int, w: int) -> float:
         """Activation memory (GiB) of one matting forward pass at this predictor's precision and device.

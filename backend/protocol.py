@@ -78,6 +78,10 @@ REFINE_BAND = "band"  # closed-form re-solve where the network is unsure (the de
 REFINE_OFF = "off"  # the network's alpha as it is
 REFINE_MODES = (REFINE_BAND, REFINE_OFF)
 
+# --- worker precision (announced in a worker's info; chosen at its start, not per request) ----------
+PRECISION_AUTO = "auto"  # bf16 on CPUs with native bf16, fp32 elsewhere (backend.predictor.resolve_precision)
+PRECISION_MODES = (PRECISION_AUTO, "fp32", "fp16", "bf16")
+
 # --- limits --------------------------------------------------------------------------------------
 # Wire dtypes: little-endian numpy type strings. Anything else is refused before touching numpy.
 DTYPE_ITEMSIZE = {"|u1": 1, "<u2": 2, "<f2": 2, "<f4": 4}

@@ -221,7 +221,7 @@ def load_handler(spec: str) -> Any:
 
 def build_predictor_handler(*, model: str | None = None, classifier: str | None = None,
                             weights: str | None = None, classifier_weights: str | None = None,
-                            device: str = "auto", precision: str = "fp32", seed: int | None = None) -> PredictorHandler:
+                            device: str = "auto", precision: str = P.PRECISION_AUTO, seed: int | None = None) -> PredictorHandler:
     """Load the model once. ``model``/``classifier`` = registry names (random weights, for tests and
     benchmarks, reproducible with ``seed``); otherwise weights files / the default weights."""
     import torch
@@ -654,7 +654,7 @@ class Worker:
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connect", required=True, help="broker back-end endpoint (tcp://HOST:PORT or ipc://PATH)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--precision", default=P.PRECISION_AUTO, choices=P.PRECISION_MODES)
     parser.add_argument("--weights", help="matting weights file (default: the installed default weights)")
     parser.add_argument("--classifier-weights", help="classifier weights file")
     parser.add_argument("--model", help="registry model name with random weights (tests/benchmarks), e.g. sim_tiny")

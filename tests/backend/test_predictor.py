@@ -14,7 +14,7 @@ from backend.classes import SIMD_CLASSES
 from backend.cli import main
 from backend.models.registry import build_model
 from backend.models.weights import WeightsError, load_weights, save_checkpoint
-from backend.predictor import MattingPredictor
+from backend.predictor import MattingPredictor, cpu_has_native_bf16, resolve_precision
 from tests.conftest import make_example, randomise_bn
 
 
@@ -247,3 +247,16 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     mask = tmp_path / "mask.png"
     Image.fromarray(((trimap > 0) * 255).astype(np.uint8)).save(mask)
     assert main(["matte", str(tmp_path / "img.png"), str(mask), "--band", "6", "-o", out, *base]) == 0
+
+
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16() -> None:
+    native = cpu_has_native_bf16()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    assert native == any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # bf16 misses the GPU max-error goal
+    assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
+        MattingPredictor(build_model("sim_tiny"), device="cpu", precision="fp8")
+    pred = MattingPredictor(build_model("sim_tiny"), device="cpu")
+    assert pred.info()["precision"] == resolve_precision("auto", torch.device("cpu"))
