@@ -99,7 +99,8 @@ def main() -> None:
     info = predictor.info()
     lines = ["# Default model evaluation report\n",
              (f"Model `{info['model']}` + `{info['classifier_arch']}` ({info.get('trained_steps', '?')} matting steps), "
-             f"CPU, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}. "
+             f"CPU, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+             f"{info['precision']}. "
              "Predictions quantised to 8 bits, known regions forced; metrics as the DIM MATLAB code "
              "(SAD/1000, MSE×10³, Grad/1000, Conn/1000) on trimap == 128. "
              + (f"Alpha refinement `{args.refine}` (`backend.refinement`); the *network alone* columns are the same "
