@@ -16,8 +16,9 @@ import logging
 import os
 import socket as _socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 

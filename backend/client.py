@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import zmq
 
@@ -120,7 +121,7 @@ class CurveClientKeys:
     secret: bytes
 
     @classmethod
-    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveClientKeys":
+    def from_files(cls, server_public_file: str, client_secret_file: str) -> CurveClientKeys:
         """Load ``server.key`` and ``<client>.key_secret`` as written by ``semantic-matte keys``."""
         import zmq.auth
 
@@ -218,10 +219,10 @@ class Client:
             self._sock.close(linger=0)
             self._sock = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _unreachable(self, what: str) -> Unavailable:

@@ -8,8 +8,9 @@ atomically, so a retried task never leaves half-written files. See docs/scale-ou
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger(__name__)
 

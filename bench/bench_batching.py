@@ -25,10 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench_transport import Daemon  # noqa: E402
+from bench_transport import Daemon
 
-from backend.client import Client  # noqa: E402
-from backend.protocol import BATCH  # noqa: E402
+from backend.client import Client
+from backend.protocol import BATCH
 
 
 def requests(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.evaluation import ALPHAMATTING_VALIDATION
 from backend.models.weights import load_weights, save_checkpoint
-from trainer.data.datasets import ALPHAMATTING_TRAIN
 from trainer.config import load_config, read_config_file, toml_value
+from trainer.data.datasets import ALPHAMATTING_TRAIN
 from trainer.engine import TrainingStopped, train
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "backend" / "weights"

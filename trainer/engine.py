@@ -423,7 +423,7 @@ class StopSignals:
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.received is None:
             for sig, handler in self._previous.items():
                 signal.signal(sig, handler)

@@ -63,7 +63,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-BLOCKS: dict[str, type[BasicBlock] | type[Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+BLOCKS: dict[str, type[BasicBlock | Bottleneck]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -133,7 +133,7 @@ class ResNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _make_layer(self, block_cls: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+    def _make_layer(self, block_cls: type[BasicBlock | Bottleneck], planes: int, blocks: int,
                     stride: int, dilate: bool) -> nn.Sequential:
         previous_dilation = self._dilation
         if dilate:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import stat
-
 import struct
 import zlib
 from pathlib import Path
