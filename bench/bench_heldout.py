@@ -1,7 +1,7 @@
 """Per-image CPU time of the default model (sim_lite + classifier_lite, random weights) on the held-out
 alphamatting images (Trimap1), against the closed-form baseline's per-image time.
 
-    python bench/bench_heldout.py [--repeats 3] [--precision fp32] [--threads 2] [--json out.json]
+    python bench/bench_heldout.py [--repeats 3] [--precision auto|fp32|bf16] [--threads 2] [--json out.json]
 
 The closed-form times come from ../shared/docs/baseline/baseline_trimap1.json (pymatting cf, same machine type).
 Timing does not depend on the weights, so random weights are used. Reported: median of ``--repeats`` after one
@@ -42,7 +42,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="sim_lite")
     ap.add_argument("--classifier", default="classifier_lite")
-    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--precision", default="auto", help="auto (the default: bf16 on CPUs with native bf16) or fp32|bf16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--images", nargs="+", default=list(ALPHAMATTING_HELD_OUT))
@@ -56,7 +56,7 @@ def main() -> None:
                             precision=args.precision, **json.loads(args.predictor_kw))
     cf = cf_times()
     stages = ("preprocess", "classifier", "matting", "postprocess", "total")
-    print(f"# {args.model}+{args.classifier} {args.precision} on CPU ({torch.get_num_threads()} threads), "
+    print(f"# {args.model}+{args.classifier} {pred.precision} on CPU ({torch.get_num_threads()} threads), "
           f"torch {torch.__version__}, {args.predictor_kw}\n")
     print("| image | size | " + " | ".join(f"{s} s" for s in stages) + " | best s | cf s | best/cf |")
     print("|---|---|" + "---|" * (len(stages) + 3))
