@@ -34,6 +34,7 @@ def test_daemon_matte_equals_in_process(daemon):
     np.testing.assert_array_equal(remote["semantic"], local.semantic)
     assert remote["class_shares"] == pytest.approx(local.class_shares)
     assert remote["meta"]["device"] == "cpu" and remote["meta"]["model"]
+    assert remote["meta"]["precision"] == predictor.precision  # both "auto": bf16 on CPUs with native bf16
     with Client(d.endpoint) as c:
         info = c.info()
         assert info["classes"] and len(info["classes"]) == local.semantic.shape[0]
