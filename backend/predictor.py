@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 ProgressFn = Callable[[float, str], None]
 STRIDE8 = 8  # output stride of the matting encoder (layer4 features at 1/8 resolution)
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-# x86 flags of native bf16 arithmetic: there oneDNN runs bf16 convolutions ~1.5x faster than fp32 (2-core Zen 4:
-# network 0.24 vs 0.40 s per held-out photo, bench/PERFORMANCE.md); elsewhere bf16 is emulated and slower.
+# x86 flags of native bf16 arithmetic: there oneDNN runs bf16 convolutions faster than fp32 (2-core Zen 4, held-out
+# photos: matting net 0.26 vs 0.42 s, whole network pipeline 0.50 vs 0.69 s, bench/PERFORMANCE.md); elsewhere bf16
+# is emulated and slower.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
