@@ -17,13 +17,14 @@ package = types.ModuleType("semantic_matte")
 package.__path__ = [os.path.join(repo, "plugin", "krita", "semantic_matte")]
 sys.modules["semantic_matte"] = package
 
-from plugin.core import session  # noqa: E402
-from plugin.core.session import ConnectionState, JobCancelled, MatteInput  # noqa: E402
-from plugin.core.settings import Settings  # noqa: E402
-from semantic_matte import qt  # noqa: E402
-from semantic_matte.controller import SETTINGS_GROUP, Controller  # noqa: E402
-from semantic_matte.jobs import BackgroundJob  # noqa: E402
-from semantic_matte.ui import MattePanel, MatteDialog  # noqa: E402
+from semantic_matte import qt
+from semantic_matte.controller import SETTINGS_GROUP, Controller
+from semantic_matte.jobs import BackgroundJob
+from semantic_matte.ui import MatteDialog, MattePanel
+
+from plugin.core import session
+from plugin.core.session import ConnectionState, JobCancelled, MatteInput
+from plugin.core.settings import Settings
 
 assert qt.QT_MAJOR == 6, qt.QT_MAJOR
 app = qt.QApplication([])
