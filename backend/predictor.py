@@ -7,6 +7,7 @@ post-processing, so callers (CLI, daemon worker, evaluation, plug-ins via the da
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+@functools.cache  # the flags do not change while the process runs: read /proc/cpuinfo once, not per predictor
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (Linux /proc/cpuinfo; False where it cannot be read)."""
     try:

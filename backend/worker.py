@@ -222,7 +222,8 @@ def load_handler(spec: str) -> Any:
 
 def build_predictor_handler(*, model: str | None = None, classifier: str | None = None,
                             weights: str | None = None, classifier_weights: str | None = None,
-                            device: str = "auto", precision: str = P.PRECISION_AUTO, seed: int | None = None) -> PredictorHandler:
+                            device: str = "auto", precision: str = P.PRECISION_AUTO,
+                            seed: int | None = None) -> PredictorHandler:
     """Load the model once. ``model``/``classifier`` = registry names (random weights, for tests and
     benchmarks, reproducible with ``seed``); otherwise weights files / the default weights."""
     import torch

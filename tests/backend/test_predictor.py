@@ -14,7 +14,8 @@ from backend.classes import SIMD_CLASSES
 from backend.cli import main
 from backend.models.registry import build_model
 from backend.models.weights import WeightsError, load_weights, save_checkpoint
-from backend.predictor import MattingPredictor, cpu_has_native_bf16, resolve_precision
+from backend.predictor import PRECISIONS, MattingPredictor, cpu_has_native_bf16, resolve_precision
+from backend.protocol import PRECISION_AUTO, PRECISION_MODES
 from tests.conftest import make_example, randomise_bn
 
 
@@ -256,6 +257,7 @@ def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16() -> None:
     assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
     assert resolve_precision("auto", torch.device("cuda")) == "fp32"  # bf16 misses the GPU max-error goal
     assert resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    assert PRECISION_MODES == (PRECISION_AUTO, *PRECISIONS)  # the wire/CLI list and the predictor's dtypes agree
     with pytest.raises(ValueError, match="precision must be one of auto, fp32"):
         MattingPredictor(build_model("sim_tiny"), device="cpu", precision="fp8")
     pred = MattingPredictor(build_model("sim_tiny"), device="cpu")
