@@ -1,38 +1,47 @@
 #!/bin/bash
 # One device session of default-model training (issue 6), from the repo root on the GPU machine:
 #   carry .whl (pymatting wheel: pip download --python-version 3.12 --only-binary=:all: pymatting -d .whl)
-#   and .devdata (a copy of ../shared/data: alphamatting, alphamatting_test, backgrounds); optionally
-#   runs/cpu-classifier/classifier.pt (the CPU-continued classifier, 5 MB) as the classifier's start.
-# Continues the classifier and the shipped matting network (models/train_default.py --phase gpu-continue),
-# keeping GT01, GT10, GT19 out of training to select on. What comes back from the device is at most 8 files of
-# 16 MiB, two folders deep, so the full snapshots (52 MB with the optimiser) stay there: $OUT receives fp16
-# weights of the last 4 matting snapshots (250 steps apart) with the classifier beside them, the curve and
-# the log. When LIMIT_S runs out, timeout's SIGTERM makes the trainer save a snapshot of the step it is on first.
+#   and .devdata (a copy of ../shared/data: alphamatting, alphamatting_test, backgrounds).
+# Continues the shipped matting network with the shipped classifier (models/train_default.py --phase
+# gpu-continue: phase 7/8 recipe, batch 32, GT01/GT10/GT19 held out to select on) for LIMIT_S seconds;
+# `timeout`'s SIGTERM makes the trainer save the step it is on. Then, still on the GPU, the candidates of the
+# selection rule (models/README.md) as fp16 weights: the last snapshot, the average of all snapshots and of
+# the later half, both with BatchNorm re-estimated on 50 training batches. Five files come back: train.log,
+# matting_train.csv and the three candidates (the device returns at most 8 files of 16 MiB).
 # Then, here on the CPU:
-#   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_step_*.pt
-# and ship the best snapshot only if it beats the shipped model there (models/train_default.py --phase ship).
+#   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt
 set -u
 OUT=${OUT:-/tmp/out}
 RUNS=/tmp/runs
 mkdir -p "$OUT" "$RUNS"
-nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null | tee "$OUT/gpu.txt"
-if [ -d .whl ]; then
+export PYTHONUNBUFFERED=1
+if [ -d .whl ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD || exit 3
 fi
 export SEMANTIC_MATTE_DATA=${SEMANTIC_MATTE_DATA:-$PWD/.devdata}
-# The classifier continued on CPU (model card, phase 5: accuracy 0.69 -> 0.87) when it was carried along.
-CLS_INIT=${CLS_INIT:-backend/weights/semantic-matte-classifier.pt}
-[ -f runs/cpu-classifier/classifier.pt ] && CLS_INIT=runs/cpu-classifier/classifier.pt
-echo "classifier init: $CLS_INIT"
+LOG="$OUT/train.log"
 t0=$(date +%s)
-timeout ${LIMIT_S:-480} python3 models/train_default.py --phase gpu-continue --hold-validation --device ${DEVICE:-cuda} \
-  --workers ${WORKERS:-15} --classifier "$CLS_INIT" --classifier-steps ${STEPS_C:-400} --steps ${STEPS_M:-3000} --out "$RUNS" \
-  > "$OUT/train.log" 2>&1
-echo "rc=$? wall=$(( $(date +%s) - t0 )) s"
-tail -3 "$OUT/train.log"
-for snap in $(ls "$RUNS"/matting/checkpoints/step_*.pt 2>/dev/null | tail -4); do
-  python3 -m trainer.cli train export "$snap" --half -o "$OUT/matting_$(basename "$snap")" 2>&1 | tail -1
-done
-[ -f "$RUNS/matting/train.csv" ] && cp "$RUNS/matting/train.csv" "$OUT/matting_train.csv" && tail -2 "$OUT/matting_train.csv" | cut -c1-200
+timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold-validation \
+  --device "${DEVICE:-cuda}" --workers "${WORKERS:-15}" --classifier-steps 0 --steps "${STEPS_M:-6000}" \
+  --lr "${LR:-3e-4}" --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
+echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+tail -3 "$LOG" | cut -c1-300
+snaps=($(ls "$RUNS"/matting/checkpoints/step_*.pt 2>/dev/null))
+n=${#snaps[@]}
+echo "snapshots: $n" | tee -a "$LOG"
+[ "$n" -gt 0 ] || exit 4
+[ -f "$RUNS/matting/train.csv" ] && cp "$RUNS/matting/train.csv" "$OUT/matting_train.csv"
+CAND=/tmp/candidates  # export puts the classifier beside each file: keep it out of $OUT (it is the shipped one)
+mkdir -p "$CAND"
+python3 -m trainer.cli train export "${snaps[n-1]}" --half -o "$CAND/matting_last.pt" >> "$LOG" 2>&1
+if [ "$n" -ge 2 ]; then
+  for part in all late; do
+    sel=("${snaps[@]}"); [ $part = late ] && sel=("${snaps[@]:n/2}")
+    python3 -m trainer.cli train average "${sel[@]}" -o "$CAND/matting_avg_${part}_bn50.pt" --half \
+      --bn-batches "${BN_BATCHES:-50}" >> "$LOG" 2>&1
+  done
+fi
+cp "$CAND"/matting_*.pt "$OUT/"
+echo "done wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 ls -la "$OUT"

@@ -8,7 +8,7 @@ Everything goes through the trainer's public API; each run directory keeps its r
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase gpu --device cuda --workers 15
     SEMANTIC_MATTE_DATA=../shared/data python3 models/train_default.py --phase cpu-continue --steps 1500
     SEMANTIC_MATTE_DATA=... python3 models/train_default.py --phase gpu-continue --device cuda \
-        --classifier-steps 400 --steps 3000 --out $OUT/runs     # ~8 device-minutes on an H100/H200
+        --classifier-steps 0 --steps 6000 --hold-validation --out /tmp/runs  # stopped by `timeout` (resumable)
     python3 models/train_default.py --phase ship --init runs/default/matting/matting.pt --note "..."
 
 ``ship`` writes the fp16 matting network into backend/weights/, and beside it the classifier it was trained
@@ -44,20 +44,23 @@ def classifier_config(overrides: list[str]):
     return load_config(CONFIGS / "default_classifier_lite.toml", BUDGET + CLASSIFIER + overrides)
 
 
-def matting_config(overrides: list[str], weights: tuple[float, float] | None = None, hold_validation: bool = False):
+def matting_config(overrides: list[str], weights: tuple[float, float] | None = None, hold_validation: bool = False,
+                   trimap: str | None = None):
     """The TOML recipe with the budget ``overrides``; ``weights``: another share of procedural data vs the
     alphamatting training photos; ``hold_validation``: train on 15 photos, leaving GT01, GT10, GT19 to select
-    snapshots on (``bench/bench_quality.py --validation``)."""
+    snapshots on (``bench/bench_quality.py --validation``); ``trimap``: the training-trimap recipe of both
+    datasets (``"mixed"`` since phase 7: drawn trimaps are not symmetric about the edge)."""
     recipe = CONFIGS / "default_sim_lite.toml"
     mix = []
-    if weights is not None or hold_validation:  # edit the TOML's own mix: [{kind="mixed", datasets=[...]}]
+    if weights is not None or hold_validation or trimap:  # edit the TOML's own mix: [{kind="mixed", datasets=[...]}]
         train_specs = read_config_file(recipe)["data"]["train"]
         if weights is not None:
             train_specs[0]["weights"] = list(weights)
-        if hold_validation:
-            for spec in train_specs[0]["datasets"]:
-                if spec["kind"] == "alphamatting":
-                    spec["names"] = [n for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION]
+        for spec in train_specs[0]["datasets"]:
+            if trimap:
+                spec["trimap"] = trimap
+            if hold_validation and spec["kind"] == "alphamatting":
+                spec["names"] = [n for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION]
         mix = [f"data.train={toml_value(train_specs)}"]
     # no discriminator for these budgets: L_c / L_f off
     return load_config(recipe, BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
@@ -101,6 +104,9 @@ def main() -> None:
     ap.add_argument("--ship-dir", type=Path, default=WEIGHTS, help="ship: where the shipped files go")
     ap.add_argument("--hold-validation", action="store_true",
                     help="gpu-continue / cpu-continue: keep GT01, GT10, GT19 out of training, to select snapshots on")
+    ap.add_argument("--lr", type=float, default=3e-4, help="gpu-continue: peak learning rate (cosine to half of it)")
+    ap.add_argument("--ckpt-every", type=int, default=250, help="gpu-continue: snapshot cadence (all are kept)")
+    ap.add_argument("--seed", type=int, default=10, help="gpu-continue: data stream seed (a new one per run)")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
     if args.phase == "ship":
@@ -114,18 +120,25 @@ def main() -> None:
             f"model.classifier={clf}", "optim.lr=1e-3", "data.batch_size=32", f"schedule.steps={args.steps}",
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
     elif args.phase == "gpu-continue":
-        # Both networks continue from the shipped files (or --init / --classifier), the classifier first; a
-        # snapshot every 250 steps, so a device session that ends early still brings a usable run back.
-        # Repeated crops and the trimap encoding on the GPU (automatic on CUDA) feed it ~2.3x more crops/s
-        # (bench/bench_loader.py).
+        # The matting network continues from the shipped file (or --init) with the phase 7/8 recipe (mixed
+        # trimaps, half procedural / half photos), after --classifier-steps of classifier training (0: the
+        # classifier stays as it is, so the network keeps the semantic trimap it learned). Snapshots every
+        # --ckpt-every steps, all kept, so a session that ends early still brings a usable run back and the
+        # snapshots can be averaged. The lr cosine only halves (--min-lr): where a device session's time
+        # runs out is not known in advance, and the average of the snapshots anneals instead.
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
-               "run.ckpt_every=250", "run.keep_ckpts=4", f"data.crops_per_item={args.crops_per_item}"]
-        clf = train(classifier_config(dev + out + [
-            f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
-            resume=True).exported
+               "run.channels_last=true", f"run.ckpt_every={args.ckpt_every}", "run.keep_ckpts=1000",
+               f"data.crops_per_item={args.crops_per_item}"]
+        clf = args.classifier
+        if args.classifier_steps > 0:
+            clf = train(classifier_config(dev + out + [
+                f"model.init={args.classifier}", "optim.lr=5e-4", f"schedule.steps={args.classifier_steps}"]),
+                resume=True).exported
         run = train(matting_config(dev + out + [
-            f"model.init={args.init}", f"model.classifier={clf}", "optim.lr=5e-4", "data.batch_size=32",
-            f"schedule.steps={args.steps}", "schedule.warmup_steps=40"], (0.5, 0.5), args.hold_validation), resume=True)
+            f"model.init={args.init}", f"model.classifier={clf}", f"optim.lr={args.lr}",
+            f"schedule.min_lr={args.lr / 2}", "data.batch_size=32", f"schedule.steps={args.steps}",
+            "schedule.warmup_steps=50", f"run.seed={args.seed}"], (0.5, 0.5), args.hold_validation, "mixed"),
+            resume=True)
     else:
         run = train(matting_config(out + [
             "run.device=cpu", "run.precision=fp32", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
