@@ -165,6 +165,8 @@ class MattingPredictor:
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
         refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
             unsure (``backend.refinement``, on the CPU); "off" returns the network's alpha.
+        window_scatter: how classifier windows accumulate into the semantic map (``semantic_trimap``'s
+            ``scatter``): None = by device, True = one index_put_ per batch, False = slice-adds per window.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -174,7 +176,8 @@ class MattingPredictor:
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
-                 channels_last: bool = True, tile_context: str = "image", refine: str = "band") -> None:
+                 channels_last: bool = True, tile_context: str = "image", refine: str = "band",
+                 window_scatter: bool | None = None) -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -199,6 +202,7 @@ class MattingPredictor:
         # Explicit True also works on CPU (torch EDT): slower than OpenCV there, but it tests the device path.
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
+        self.window_scatter = window_scatter  # semantic_trimap(scatter=): None = by device; bench_gpu times both
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize
         if tile_context not in ("image", "tile"):
@@ -463,7 +467,7 @@ class MattingPredictor:
             with self._autocast():
                 smap = semantic_trimap(clf, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes,
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,
-                                       channels_last=self.channels_last)
+                                       channels_last=self.channels_last, scatter=self.window_scatter)
         else:
             smap = torch.zeros((n, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
         timings["classifier"] = self._elapsed(t1)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_transport import Daemon
 
 from backend.client import Client
-from backend.protocol import BATCH
+from backend.protocol import BATCH, REFINE_MODES
 
 
 def requests(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -44,10 +44,11 @@ def requests(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def run_all(endpoint: str, reqs: list, timeout: float = 600.0) -> tuple[float, list]:
+def run_all(endpoint: str, reqs: list, refine: str, timeout: float = 600.0) -> tuple[float, list]:
     with Client(endpoint, timeout=timeout) as c:
         t0 = time.perf_counter()
-        ids = [c.submit("matte", {"image": i, "trimap": t}, {"alpha_dtype": "f4"}, priority=BATCH) for i, t in reqs]
+        opts = {"alpha_dtype": "f4", "refine": refine}
+        ids = [c.submit("matte", {"image": i, "trimap": t}, opts, priority=BATCH) for i, t in reqs]
         replies = [c.result(rid, timeout=timeout) for rid in ids]
         return time.perf_counter() - t0, replies
 
@@ -62,22 +63,26 @@ def main() -> int:
     ap.add_argument("--model", help="registry matting model with random weights (default: shipped weights)")
     ap.add_argument("--classifier", help="registry classifier with --model")
     ap.add_argument("--threads", type=int, default=0, help="CPU worker torch threads (0 = all cores)")
+    ap.add_argument("--refine", default="off", choices=REFINE_MODES,
+                    help="alpha refinement per request (default off: it runs on the host CPU, image by image, "
+                         "and would hide the network's batching gain)")
     args = ap.parse_args()
     model_args = ["--model", args.model, "--seed", "0"] if args.model else []
     if args.model and args.classifier:
         model_args += ["--classifier", args.classifier]
     reqs = requests(args.n, args.size)
     print(f"device {args.device} ({args.precision}); {os.cpu_count()} CPUs; model "
-          f"{args.model or 'shipped default'}; {args.n} requests of {args.size}² queued at once\n")
+          f"{args.model or 'shipped default'}; refine {args.refine}; {args.n} requests of {args.size}² queued at once\n")
     print("| max batch | images/s | speed-up | mean batch formed | max |Δα| vs max batch 1 |")
     print("|--:|--:|--:|--:|--:|")
     base_rate, base_alpha = None, None
     for max_batch in [int(b) for b in args.batches.split(",")]:
         d = Daemon(*model_args, "--precision", args.precision, "--max-batch", str(max_batch), device=args.device)
         try:
-            run_all(d.endpoint, reqs[: max(2 * max_batch, 4)])  # warm-up: loads, cudnn autotune per batch size
-            run_all(d.endpoint, reqs[: max(2 * max_batch, 4)])
-            seconds, replies = run_all(d.endpoint, reqs)
+            # warm-up: loads, cudnn autotune per batch size
+            run_all(d.endpoint, reqs[: max(2 * max_batch, 4)], args.refine)
+            run_all(d.endpoint, reqs[: max(2 * max_batch, 4)], args.refine)
+            seconds, replies = run_all(d.endpoint, reqs, args.refine)
         finally:
             d.stop()
         rate = args.n / seconds

@@ -17,6 +17,8 @@ Configurations (same weights, same inputs, same process):
     fast-bf16-nchw  fast-bf16 without channels-last (cuDNN's NHWC kernels for dilated convs vary).
     fast-fp32    the same levers in FP32 (TF32 convolutions as in the baseline): the exactness control.
     +graphs      fast-bf16 / fast-fp16 with the matting net and classifier batches replayed as CUDA graphs.
+    +slices      classifier windows accumulated by per-window slice-adds (window_scatter=False) instead of
+                 the CUDA default, one sort-based index_put_ per batch: which is faster is a device question.
     +compile     (only with --compile) fast-bf16 with torch.compile on the matting net and classifier.
 The accuracy reference is FP32 with TF32 disabled (strict IEEE FP32); differences are reported on the
 unknown region in 1/255 units. Weights are random but with BatchNorm statistics estimated on the input
@@ -127,17 +129,17 @@ def make_predictor(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
                    budget_gb: float = 8.0) -> MattingPredictor:
     if cfg == "fp32-eager":
         return MattingPredictor(sim, clf, device=dev, precision="fp32", optimize=False, gpu_preprocess=False,
-                                classifier_batch=1, tile=tile, memory_budget_gb=budget_gb)
+                                classifier_batch=1, tile=tile, memory_budget_gb=budget_gb, refine="off")
     if cfg == "fp32-strict":  # accuracy reference only (TF32 off is set by the caller)
         return MattingPredictor(sim, clf, device=dev, precision="fp32", optimize=False, gpu_preprocess=False,
-                                tile=tile, memory_budget_gb=budget_gb)
+                                tile=tile, memory_budget_gb=budget_gb, refine="off")
     prec = "fp16" if "fp16" in cfg else ("fp32" if "fp32" in cfg else "bf16")
     if dev.type == "cpu" and prec == "fp16":
         prec = "bf16"  # CPU autocast supports bf16 only; the smoke run still exercises the code path
     return MattingPredictor(sim, clf, device=dev, precision=prec, optimize=True, gpu_preprocess=True,
                             compile="compile" in cfg, cuda_graphs="graphs" in cfg, tile=tile,
-                            channels_last="nchw" not in cfg,
-                            memory_budget_gb=budget_gb)
+                            channels_last="nchw" not in cfg, window_scatter=False if "slices" in cfg else None,
+                            memory_budget_gb=budget_gb, refine="off")
 
 
 def set_mode(cfg: str) -> None:
@@ -328,6 +330,8 @@ def main() -> None:
 
     configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16", "fast-bf16-nchw"]
     configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
+    # the classifier windows accumulated by per-window slice-adds instead of one sort-based index_put_ per batch
+    configs += ["fast-fp16+graphs+slices"] if dev.type == "cuda" or args.graphs_on_cpu else ["fast-bf16+slices"]
     configs += ["fast-bf16+compile"] if args.compile else []
 
     def release() -> None:

@@ -54,7 +54,9 @@ class Daemon:
         self.tmp = tempfile.TemporaryDirectory()
         rt = os.path.join(self.tmp.name, "rt")
         self.endpoint = bind or f"ipc://{rt}/broker.sock"
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "bench")]))
+        # Prepend, not replace: on the device machine pyzmq comes from a carried wheel folder on PYTHONPATH.
+        paths = [str(REPO), str(REPO / "bench"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
         argv = [sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", rt, "--device", device,
                 "--workers", str(workers), "--log-level", "WARNING", *args]
         if bind:

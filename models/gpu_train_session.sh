@@ -4,12 +4,13 @@
 #   and .devdata (a copy of ../shared/data: alphamatting, alphamatting_test, backgrounds).
 # Continues the shipped matting network with the shipped classifier (models/train_default.py --phase
 # gpu-continue: phase 7/8 recipe, batch 32, GT01/GT10/GT19 held out to select on) for LIMIT_S seconds;
-# `timeout`'s SIGTERM makes the trainer save the step it is on. Then, still on the GPU, the candidates of the
-# selection rule (models/README.md) as fp16 weights: the last snapshot, the average of all snapshots and of
-# the later half, both with BatchNorm re-estimated on 50 training batches. Five files come back: train.log,
-# matting_train.csv and the three candidates (the device returns at most 8 files of 16 MiB).
-# Then, here on the CPU:
-#   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt
+# `timeout`'s SIGTERM makes the trainer save the step it is on. Then the last KEEP (3) snapshots come back
+# as fp16 weights (an export takes seconds; averaging with BatchNorm re-estimation on the device outlasted
+# session 8's call, so it runs here afterwards). Five files come back: train.log (the run's config.json at
+# its end), matting_train.csv and the snapshots (the device returns at most 8 files of 16 MiB, so
+# bench/gpu_perf_check.sh's three fit beside them). Then, here on the CPU (models/README.md, phase 10):
+#   semantic-matte train average out/matting_step_*.pt --config run-config.json -o avg.pt --bn-batches 50
+#   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt avg.pt
 set -u
 OUT=${OUT:-/tmp/out}
 RUNS=/tmp/runs
@@ -32,16 +33,13 @@ n=${#snaps[@]}
 echo "snapshots: $n" | tee -a "$LOG"
 [ "$n" -gt 0 ] || exit 4
 [ -f "$RUNS/matting/train.csv" ] && cp "$RUNS/matting/train.csv" "$OUT/matting_train.csv"
+cat "$RUNS/matting/config.json" >> "$LOG"
 CAND=/tmp/candidates  # export puts the classifier beside each file: keep it out of $OUT (it is the shipped one)
 mkdir -p "$CAND"
-python3 -m trainer.cli train export "${snaps[n-1]}" --half -o "$CAND/matting_last.pt" >> "$LOG" 2>&1
-if [ "$n" -ge 2 ]; then
-  for part in all late; do
-    sel=("${snaps[@]}"); [ $part = late ] && sel=("${snaps[@]:n/2}")
-    python3 -m trainer.cli train average "${sel[@]}" -o "$CAND/matting_avg_${part}_bn50.pt" --half \
-      --bn-batches "${BN_BATCHES:-50}" >> "$LOG" 2>&1
-  done
-fi
+KEEP=${KEEP:-3}
+for snap in "${snaps[@]:$(( n > KEEP ? n - KEEP : 0 ))}"; do
+  python3 -m trainer.cli train export "$snap" --half -o "$CAND/matting_$(basename "$snap")" >> "$LOG" 2>&1
+done
 cp "$CAND"/matting_*.pt "$OUT/"
 echo "done wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 ls -la "$OUT"

@@ -101,7 +101,8 @@ def cmd_average(args: argparse.Namespace) -> int:
     def run() -> None:
         from trainer.engine import average_snapshots
 
-        out = average_snapshots(args.snapshots, args.out, half=args.half, bn_batches=args.bn_batches)
+        out = average_snapshots(args.snapshots, args.out, half=args.half, bn_batches=args.bn_batches,
+                                  config=args.config)
         print(f"weights: {out}")
 
     return _run_guarded(run)
@@ -169,7 +170,10 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "average", help="the mean of a run's snapshots as one weights file (stochastic weight averaging)"
     )
-    p.add_argument("snapshots", type=Path, nargs="+", help="snapshot files of one run (or of runs that continued it)")
+    p.add_argument("snapshots", type=Path, nargs="+",
+                   help="snapshot or exported weights files of one run (or of runs that continued it)")
+    p.add_argument("--config", type=Path,
+                   help="the run's config.json (needed when only weights files are given: they carry no config)")
     p.add_argument("-o", "--out", type=Path, required=True, help="weights file")
     p.add_argument("--half", action="store_true", help="store fp16 (half the size; the daemon computes in fp32)")
     p.add_argument(

@@ -39,7 +39,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from backend.predictor import PRECISIONS  # run.precision → autocast dtype (None: fp32), as at inference
 from trainer.checkpoint import find_last, load_snapshot, rng_state, save_snapshot, set_rng_state, unwrap
-from trainer.config import ScheduleConfig, TrainConfig, config_from_dict, save_config
+from trainer.config import ScheduleConfig, TrainConfig, config_from_dict, read_config_file, save_config
 from trainer.tasks import Task, build_task, to_device
 
 log = logging.getLogger(__name__)
@@ -819,28 +819,51 @@ def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
         model.eval()
 
 
+def _averaging_input(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None, int]:
+    """(snapshot, None, step) for a training snapshot; (None, fp32 state dict, step) for an exported weights
+    file (``train export`` / a device session's fp16 files, which carry no config)."""
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    if "models" in data and "config" in data:
+        return data, None, int(data["step"])
+    if "state_dict" not in data:
+        raise ValueError(f"{path}: neither a training snapshot nor a weights file")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
+    return None, state, int((data.get("meta") or {}).get("trained_steps", 0))
+
+
 def average_snapshots(
     snapshots: Sequence[str | Path],
     out: str | Path,
     *,
     half: bool = False,
     bn_batches: int = 0,
+    config: str | Path | None = None,
 ) -> Path:
     """Stochastic weight averaging of one training trajectory's snapshots (a run and the runs that continued
     it): the mean of their networks as one weights file (the flat region around a noisy trajectory usually
     generalises better than any single point on it).
-    ``bn_batches`` > 0 re-estimates the BatchNorm statistics on that many training batches of the last
-    snapshot's data config (:func:`recompute_batchnorm`). The frozen helpers the config names must exist."""
+    Inputs are training snapshots or exported weights files; ``config`` (a run's resolved ``config.json`` or
+    a TOML) describes the network and data when given, else the last snapshot's config does (weights files
+    carry none). ``bn_batches`` > 0 re-estimates the BatchNorm statistics on that many training batches of
+    that config's data (:func:`recompute_batchnorm`). The frozen helpers the config names must exist."""
     if not snapshots:
         raise ValueError("no snapshots given")
-    snaps = [load_snapshot(Path(p)) for p in snapshots]
-    task = _snapshot_task(snaps[-1])
+    inputs = [_averaging_input(Path(p)) for p in snapshots]
+    snaps = [snap for snap, _, _ in inputs if snap is not None]
+    if config is not None:
+        cfg_data = read_config_file(config)
+    elif snaps:
+        cfg_data = snaps[-1]["config"]
+    else:
+        raise ValueError("weights files carry no training config: pass the run's config.json (--config)")
+    task = _snapshot_task({"config": cfg_data})
     cfg = task.cfg
     if any(s["config"]["task"] != cfg.task or s["config"]["model"]["arch"] != cfg.model.arch for s in snaps):
         raise ValueError("snapshots of different tasks or architectures cannot be averaged")
-    task.model.load_state_dict(average_state_dicts([s["models"][task.name] for s in snaps]))
+    states = [snap["models"][task.name] if snap is not None else state for snap, state, _ in inputs]
+    task.model.load_state_dict(average_state_dicts(states))
     recompute_batchnorm(task, cfg, bn_batches)
-    steps = [int(s["step"]) for s in snaps]
+    steps = [step for _, _, step in inputs]
     meta = {"trained_steps": max(steps), "averaged_steps": steps, "bn_batches": bn_batches,
             "run": str(Path(snapshots[-1]).resolve().parent.parent)}
     return task.export(Path(out), meta, half)

@@ -277,6 +277,15 @@ def test_average_of_snapshots_is_their_mean_and_re_estimates_batchnorm(tmp_path,
     momenta = {m.momentum for m in bn.model.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert None not in momenta
 
+    # Exported weights files (what a device session brings back) average the same, given the run's config.
+    files = [export_snapshot(p, tmp_path / f"w{i}.pt") for i, p in enumerate(snaps)]
+    with pytest.raises(ValueError, match="config"):
+        average_snapshots(files, tmp_path / "nocfg.pt")
+    from_files = load_weights(
+        average_snapshots(files, tmp_path / "files.pt", config=tmp_path / "swa" / "config.json"), "matting")
+    assert from_files.meta["averaged_steps"] == [2, 4]
+    assert all(torch.allclose(from_files.model.state_dict()[k], got[k], atol=1e-6) for k in got)
+
 
 def test_average_refuses_snapshots_of_different_architectures(tmp_path):
     from trainer.engine import average_state_dicts
