@@ -25,7 +25,7 @@ LOG="$OUT/train.log"
 t0=$(date +%s)
 timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold-validation \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-15}" --classifier-steps 0 --steps "${STEPS_M:-6000}" \
-  --lr "${LR:-3e-4}" --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
+  --lr "${LR:-3e-4}" --batch-size "${BATCH:-32}" --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
 echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -3 "$LOG" | cut -c1-300
 snaps=($(ls "$RUNS"/matting/checkpoints/step_*.pt 2>/dev/null))
