@@ -1,7 +1,10 @@
 #!/bin/bash
 # One device session of default-model training (issue 6), from the repo root on the GPU machine:
 #   carry .whl (pymatting wheel: pip download --python-version 3.12 --only-binary=:all: pymatting -d .whl)
-#   and .devdata (a copy of ../shared/data: alphamatting, alphamatting_test, backgrounds).
+#   and .devdata (a copy of ../shared/data: alphamatting, alphamatting_test, backgrounds), with the photos'
+#   foreground estimates made here first (14 MB; a fresh machine would compile pymatting for ≈ 30 s instead):
+#   python3 -c "from trainer.data.datasets import AlphamattingDataset as D
+#   D('../shared/data/alphamatting', cache_dir='.devdata/fg_cache').prepare()"
 # Continues the shipped matting network with the shipped classifier (models/train_default.py --phase
 # gpu-continue: phase 7/8 recipe, batch 32, GT01/GT10/GT19 held out to select on) for LIMIT_S seconds;
 # `timeout`'s SIGTERM makes the trainer save the step it is on. Then the last KEEP (3) snapshots come back
@@ -25,7 +28,8 @@ LOG="$OUT/train.log"
 t0=$(date +%s)
 timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold-validation \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-15}" --classifier-steps 0 --steps "${STEPS_M:-6000}" \
-  --lr "${LR:-3e-4}" --batch-size "${BATCH:-32}" --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
+  --lr "${LR:-3e-4}" --batch-size "${BATCH:-32}" --fg-cache "${FG_CACHE:-.devdata/fg_cache}" \
+  --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
 echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -3 "$LOG" | cut -c1-300
 snaps=($(ls "$RUNS"/matting/checkpoints/step_*.pt 2>/dev/null))

@@ -45,14 +45,15 @@ def classifier_config(overrides: list[str]):
 
 
 def matting_config(overrides: list[str], weights: tuple[float, float] | None = None, hold_validation: bool = False,
-                   trimap: str | None = None):
+                   trimap: str | None = None, fg_cache: Path | None = None):
     """The TOML recipe with the budget ``overrides``; ``weights``: another share of procedural data vs the
     alphamatting training photos; ``hold_validation``: train on 15 photos, leaving GT01, GT10, GT19 to select
     snapshots on (``bench/bench_quality.py --validation``); ``trimap``: the training-trimap recipe of both
-    datasets (``"mixed"`` since phase 7: drawn trimaps are not symmetric about the edge)."""
+    datasets (``"mixed"`` since phase 7: drawn trimaps are not symmetric about the edge); ``fg_cache``: where
+    the photos' foreground / background estimates are kept (read if there, written once if not)."""
     recipe = CONFIGS / "default_sim_lite.toml"
     mix = []
-    if weights is not None or hold_validation or trimap:  # edit the TOML's own mix: [{kind="mixed", datasets=[...]}]
+    if weights is not None or hold_validation or trimap or fg_cache:  # the TOML's own mix: [{kind="mixed", ...}]
         train_specs = read_config_file(recipe)["data"]["train"]
         if weights is not None:
             train_specs[0]["weights"] = list(weights)
@@ -61,6 +62,8 @@ def matting_config(overrides: list[str], weights: tuple[float, float] | None = N
                 spec["trimap"] = trimap
             if hold_validation and spec["kind"] == "alphamatting":
                 spec["names"] = [n for n in ALPHAMATTING_TRAIN if n not in ALPHAMATTING_VALIDATION]
+            if fg_cache and spec["kind"] == "alphamatting":
+                spec["cache_dir"] = str(fg_cache)
         mix = [f"data.train={toml_value(train_specs)}"]
     # no discriminator for these budgets: L_c / L_f off
     return load_config(recipe, BUDGET + mix + ['model.discriminator=""', "run.name=matting"] + overrides)
@@ -110,6 +113,9 @@ def main() -> None:
                          "data 1 %% of it: the step, not the loader, was the limit)")
     ap.add_argument("--ckpt-every", type=int, default=250, help="gpu-continue: snapshot cadence (all are kept)")
     ap.add_argument("--seed", type=int, default=10, help="gpu-continue: data stream seed (a new one per run)")
+    ap.add_argument("--fg-cache", type=Path, default=None,
+                    help="gpu-continue: folder of the photos' foreground estimates (PNG); filled once when missing. "
+                         "A complete one, made here and carried, spares a fresh machine pymatting's ≈ 30 s compile")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
     if args.phase == "ship":
@@ -140,7 +146,8 @@ def main() -> None:
         run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", f"optim.lr={args.lr}",
             f"schedule.min_lr={args.lr / 2}", f"data.batch_size={args.batch_size}", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=50", f"run.seed={args.seed}"], (0.5, 0.5), args.hold_validation, "mixed"),
+            "schedule.warmup_steps=50", f"run.seed={args.seed}"], (0.5, 0.5), args.hold_validation, "mixed",
+            args.fg_cache),
             resume=True)
     else:
         run = train(matting_config(out + [

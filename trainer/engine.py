@@ -209,20 +209,31 @@ class SeededDataset(Dataset):
             return self.dataset[index]
 
 
+def _each_dataset(dataset: Any) -> Iterator[Any]:
+    """``dataset`` and every dataset nested in it (mixtures, concatenations), innermost first."""
+    for d in getattr(dataset, "datasets", None) or []:
+        yield from _each_dataset(d)
+    yield dataset
+
+
 def prepare_dataset(dataset: Any) -> None:
     """Run one-off preparation (e.g. alphamatting foreground estimation) before workers fork, so each
     worker inherits the result instead of recomputing it."""
-    for d in getattr(dataset, "datasets", None) or []:
-        prepare_dataset(d)
-    if hasattr(dataset, "prepare"):
-        dataset.prepare()
+    for d in _each_dataset(dataset):
+        if hasattr(d, "prepare"):
+            d.prepare()
 
 
 def prepare_for_loader(dataset: Any, cfg: TrainConfig) -> None:
     """Prepare ``dataset`` in this process when its loader's workers will not: with no workers, or forked
-    ones (they inherit it); spawned workers prepare their own."""
+    ones (they inherit it). Spawned workers prepare their own; what they can share through the disk (a
+    JIT cache) is warmed here first (``warm_up``), so they do not all compile it at once."""
     if cfg.data.num_workers == 0 or cfg.data.worker_start == "fork":
         prepare_dataset(dataset)
+        return
+    for d in _each_dataset(dataset):
+        if hasattr(d, "warm_up"):
+            d.warm_up()
 
 
 def _worker_init(worker_id: int) -> None:

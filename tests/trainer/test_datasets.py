@@ -261,3 +261,37 @@ def test_works_without_shared_data(tmp_path) -> None:
     assert len(bgs) == 0 and bgs.generated_fraction == 1.0
     ds = D.SyntheticDataset(length=2, out_size=S, gen_size=96, crop_sizes=(64,), backgrounds=bgs)
     _check_item(ds[1])
+
+
+def test_spawned_loader_reads_a_foreground_cache_filled_once(tmp_path) -> None:
+    """With ``cache_dir``, the loader's preparation (``warm_up`` before spawned workers) writes each photo's
+    F / B estimate once in the parent; a run that finds the cache complete never imports pymatting (whose
+    numba kernels take ≈ 30 s to compile on a fresh machine)."""
+    import subprocess
+    import sys
+
+    import cv2
+
+    from tests.conftest import make_example
+    from trainer.config import load_config
+    from trainer.engine import build_dataset, prepare_for_loader
+
+    root = tmp_path / "am"
+    for sub in ("image", "alpha"):
+        (root / sub).mkdir(parents=True)
+    image, _, alpha = make_example(64, 80)
+    cv2.imwrite(str(root / "image" / "GT03.png"), image[..., ::-1])
+    cv2.imwrite(str(root / "alpha" / "GT03.png"), np.round(alpha * 255).astype(np.uint8))
+    cache = tmp_path / "fg"
+    spec = f"{{kind='alphamatting', root='{root}', names=['GT03'], cache_dir='{cache}'}}"
+    cfg = load_config(None, [f"data.train=[{spec}]", "data.num_workers=2", "data.worker_start=spawn"])
+    prepare_for_loader(build_dataset(cfg.data.train, cfg, "train"), cfg)
+    assert sorted(p.name for p in cache.iterdir()) == ["GT03_bg.png", "GT03_fg.png"]
+    fg = cv2.imread(str(cache / "GT03_fg.png"))[..., ::-1].astype(np.float32) / 255
+    alpha8 = cv2.imread(str(root / "alpha" / "GT03.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    want, _ = D.estimate_foreground(image.astype(np.float32) / 255, alpha8)  # what the dataset sees
+    assert np.abs(fg - want).max() <= 0.5 / 255 + 1e-6
+    code = (f"import sys; from trainer.data import datasets as D; "
+            f"D.AlphamattingDataset({str(root)!r}, names=['GT03'], cache_dir={str(cache)!r}).warm_up(); "
+            f"assert 'pymatting' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
