@@ -283,6 +283,27 @@ def edt_check(dev: torch.device, trimap: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def profile_config(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, size: int, rows: int) -> str:
+    """torch.profiler's table of the ``rows`` most expensive operators of one warm ``predict`` (kernels by
+    device time on CUDA): where the fast path's milliseconds go, beyond the stage totals."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_mode(cfg)
+    image, trimap = example(size)
+    pred = make_predictor(sim, clf, dev, cfg)
+    for _ in range(2):
+        pred.predict(image, trimap)
+    sync(dev)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        pred.predict(image, trimap)
+        sync(dev)
+    sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    log(f"profile of {cfg} at {size}² done")
+    return f"Profile of one warm predict, {cfg} at {size}² (sorted by {sort}):\n\n```\n{table}\n```"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -301,6 +322,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=165.0, help="skip optional parts past this wall time")
     ap.add_argument("--head-std", type=float, default=0.5,
                     help="alpha-head output std after calibration (0 = leave the random head as it is)")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="also print torch.profiler's top ROWS operators of one fast-fp16 predict at the smallest size")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -374,6 +397,11 @@ def main() -> None:
                 f"Δα max {r['diff_max']:.2f}/255 mean {r['diff_mean']:.3f}/255, stages "
                 + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in r["stages"].items()))
         report["sizes"][size] = {"soft_pct": soft, "rows": rows}
+
+    if args.profile:
+        report["profile"] = profile_config(sim, clf, dev, "fast-fp16" if dev.type == "cuda" else "fast-bf16",
+                                           min(sizes), args.profile)
+        release()
 
     # Tiled vs untiled (seams) at the largest regular size, fast path.
     set_mode("fast-bf16")
@@ -517,6 +545,8 @@ def print_tables(report: dict[str, Any], sizes: list[int]) -> None:
             print(f"| {c['config']} | {c['size']}² | {c['measured_peak_gib']:.2f} | "
                   f"{p if p is None else round(p, 2)} | {ratio} | {c['predicted_matting_gib']:.2f} | "
                   f"{c['matting_act_gib']:.2f} | {c['implied_factor']:.2f} |")
+    if report.get("profile"):
+        print(f"\n{report['profile']}")
     print(f"\ntotal wall {time.perf_counter() - T_START:.0f} s")
 
 

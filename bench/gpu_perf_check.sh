@@ -19,7 +19,7 @@ fi
   echo '```'; } > "$OUT/perf.md" || exit 3
 cat "$OUT/perf.md"
 BENCH_S=${BENCH_S:-200}
-timeout "$BENCH_S" python3 bench/bench_gpu.py --repeats 7 --budget-s $(( BENCH_S - 40 )) --json "$OUT/bench_gpu.json" \
+timeout "$BENCH_S" python3 bench/bench_gpu.py --repeats 7 --profile 25 --budget-s $(( BENCH_S - 40 )) --json "$OUT/bench_gpu.json" \
   > /tmp/bench_gpu.md 2>> "$OUT/perf.log"
 echo "bench_gpu rc=$?" | tee -a "$OUT/perf.log"
 timeout "${BATCH_S:-100}" python3 bench/bench_batching.py --device cuda --precision bf16 --size 512 --n 64 \
