@@ -133,7 +133,7 @@ def main() -> None:
         # trimaps, half procedural / half photos), after --classifier-steps of classifier training (0: the
         # classifier stays as it is, so the network keeps the semantic trimap it learned). Snapshots every
         # --ckpt-every steps, all kept, so a session that ends early still brings a usable run back and the
-        # snapshots can be averaged. The lr cosine only halves (--min-lr): where a device session's time
+        # snapshots can be averaged. The lr cosine only halves (to --lr / 2): where a device session's time
         # runs out is not known in advance, and the average of the snapshots anneals instead.
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
                "run.channels_last=true", f"run.ckpt_every={args.ckpt_every}", "run.keep_ckpts=1000",

@@ -3,7 +3,7 @@
     semantic-matte train matting --config trainer/configs/default_sim_lite.toml [key=value ...] [--resume]
     semantic-matte train custom --classes cat,dog,bird --data DIR [--out DIR] [--steps N]
     semantic-matte train export RUN/checkpoints/step_00000250.pt [-o weights.pt]
-    semantic-matte train average RUN/checkpoints/step_*.pt -o weights.pt [--bn-batches 50]
+    semantic-matte train average RUN/checkpoints/step_*.pt -o weights.pt [--bn-batches 50] [--config RUN/config.json]
     torchrun --nproc-per-node 2 -m trainer.cli train matting --config ...   # DistributedDataParallel
 
 Imports stay light at module level (``backend.cli`` builds its parser from ``add_cli`` on every call);

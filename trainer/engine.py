@@ -833,7 +833,7 @@ def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
 def _averaging_input(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None, int]:
     """(snapshot, None, step) for a training snapshot; (None, fp32 state dict, step) for an exported weights
     file (``train export`` / a device session's fp16 files, which carry no config)."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    data = load_snapshot(path)
     if "models" in data and "config" in data:
         return data, None, int(data["step"])
     if "state_dict" not in data:
@@ -875,8 +875,8 @@ def average_snapshots(
     task.model.load_state_dict(average_state_dicts(states))
     recompute_batchnorm(task, cfg, bn_batches)
     steps = [step for _, _, step in inputs]
-    meta = {"trained_steps": max(steps), "averaged_steps": steps, "bn_batches": bn_batches,
-            "run": str(Path(snapshots[-1]).resolve().parent.parent)}
+    run_dir = Path(config).resolve().parent if config is not None else Path(snapshots[-1]).resolve().parent.parent
+    meta = {"trained_steps": max(steps), "averaged_steps": steps, "bn_batches": bn_batches, "run": str(run_dir)}
     return task.export(Path(out), meta, half)
 
 
