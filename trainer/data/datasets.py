@@ -458,7 +458,7 @@ class AlphamattingDataset(MattingDataset):
         cache here, once, so the workers only read it (no concurrent writers) and, when it was complete
         already, never import pymatting. Without: import pymatting here, which compiles its numba kernels
         (≈ 30 s of CPU on a cold cache, as on a fresh GPU machine) into numba's on-disk cache, so the workers
-        load them instead of each compiling its own copy (2 workers on 2 cores, cold cache: first batch
+        load them instead of each compiling its own copy (2 workers on 2 busy cores, cold cache: first batch
         after 50 s instead of 88 s)."""
         if self.cache_dir is not None:
             self.prepare()
