@@ -830,16 +830,17 @@ def recompute_batchnorm(task: Task, cfg: TrainConfig, batches: int) -> None:
         model.eval()
 
 
-def _averaging_input(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None, int]:
-    """(snapshot, None, step) for a training snapshot; (None, fp32 state dict, step) for an exported weights
-    file (``train export`` / a device session's fp16 files, which carry no config)."""
+def _averaging_input(path: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None, Any]:
+    """(snapshot, None, step) for a training snapshot; (None, fp32 state dict, its ``trained_steps``) for an
+    exported weights file (``train export`` / a device session's fp16 files, which carry no config; a shipped
+    file's ``trained_steps`` is a description, not a number)."""
     data = load_snapshot(path)
     if "models" in data and "config" in data:
         return data, None, int(data["step"])
     if "state_dict" not in data:
         raise ValueError(f"{path}: neither a training snapshot nor a weights file")
     state = {k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()}
-    return None, state, int((data.get("meta") or {}).get("trained_steps", 0))
+    return None, state, (data.get("meta") or {}).get("trained_steps")
 
 
 def average_snapshots(
@@ -876,7 +877,9 @@ def average_snapshots(
     recompute_batchnorm(task, cfg, bn_batches)
     steps = [step for _, _, step in inputs]
     run_dir = Path(config).resolve().parent if config is not None else Path(snapshots[-1]).resolve().parent.parent
-    meta = {"trained_steps": max(steps), "averaged_steps": steps, "bn_batches": bn_batches, "run": str(run_dir)}
+    numeric = [s for s in steps if isinstance(s, int)]
+    meta = {"trained_steps": max(numeric) if len(numeric) == len(steps) else steps[-1], "averaged_steps": steps,
+            "bn_batches": bn_batches, "run": str(run_dir)}
     return task.export(Path(out), meta, half)
 
 

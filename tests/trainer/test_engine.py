@@ -285,6 +285,14 @@ def test_average_of_snapshots_is_their_mean_and_re_estimates_batchnorm(tmp_path,
         average_snapshots(files, tmp_path / "files.pt", config=tmp_path / "swa" / "config.json"), "matting")
     assert from_files.meta["averaged_steps"] == [2, 4]
     assert all(torch.allclose(from_files.model.state_dict()[k], got[k], atol=1e-6) for k in got)
+    # A shipped file's trained_steps is a description: kept as it is, not parsed.
+    shipped = torch.load(files[1], weights_only=True)
+    shipped["meta"]["trained_steps"] = "640 (GPU) + 420 (CPU), averaged"
+    torch.save(shipped, tmp_path / "shipped.pt")
+    alone = load_weights(average_snapshots([tmp_path / "shipped.pt"], tmp_path / "alone.pt",
+                                           config=tmp_path / "swa" / "config.json"), "matting")
+    assert alone.meta["trained_steps"] == "640 (GPU) + 420 (CPU), averaged"
+    assert all(torch.equal(alone.model.state_dict()[k], last[k]) for k in last)
 
 
 def test_average_refuses_snapshots_of_different_architectures(tmp_path):
