@@ -481,14 +481,14 @@ class AlphamattingDataset(MattingDataset):
         image = read_rgb(ipath).astype(np.float32) / 255.0
         alpha = read_alpha(apath)
         # Estimate (or load) the foreground / background once per process.
-        fpath, bpath = self._cache_paths(name) or (None, None)
-        if fpath is not None and bpath is not None and fpath.is_file() and bpath.is_file():
-            hit = (read_rgb(fpath).astype(np.float32) / 255.0, read_rgb(bpath).astype(np.float32) / 255.0)
+        paths = self._cache_paths(name)
+        if paths is not None and all(p.is_file() for p in paths):
+            hit = tuple(read_rgb(p).astype(np.float32) / 255.0 for p in paths)
         else:
             hit = estimate_foreground(image, alpha)
-            if fpath is not None and bpath is not None:
-                fpath.parent.mkdir(parents=True, exist_ok=True)
-                for p, arr in ((fpath, hit[0]), (bpath, hit[1])):
+            if paths is not None:
+                paths[0].parent.mkdir(parents=True, exist_ok=True)
+                for p, arr in zip(paths, hit):
                     cv2.imwrite(str(p), np.clip(arr * 255 + 0.5, 0, 255).astype(np.uint8)[..., ::-1])
         with _FG_LOCK:
             _FG_CACHE[key] = hit = (image, alpha, hit[0], hit[1])
