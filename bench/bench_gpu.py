@@ -297,13 +297,23 @@ def profile_config(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
         pred.predict(image, trimap)
     sync(dev)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    t = time.perf_counter()
     with profile(activities=activities) as prof:
-        pred.predict(image, trimap)
+        res = pred.predict(image, trimap)
         sync(dev)
+    wall = (time.perf_counter() - t) * 1e3
+    events = prof.key_averages()
     sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60)
-    log(f"profile of {cfg} at {size}² done")
-    return f"Profile of one warm predict, {cfg} at {size}² (sorted by {sort}):\n\n```\n{table}\n```"
+    table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
+    # Busy device time against wall time says whether a stage is compute- or launch/sync-bound.
+    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in res.timings.items())
+    cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
+    log(f"profile of {cfg} at {size}² done: wall {wall:.1f} ms, device busy {busy:.1f} ms, {launches} launches")
+    return (f"Profile of one warm predict, {cfg} at {size}² (sorted by {sort}); wall {wall:.1f} ms under the "
+            f"profiler, device busy {busy:.1f} ms, {launches} kernel launches; stages (ms) {stages}:\n\n"
+            f"```\n{table}\n```\n\nHost side (sorted by self CPU time):\n\n```\n{cpu_table}\n```")
 
 
 def main() -> None:
