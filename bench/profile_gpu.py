@@ -1,0 +1,182 @@
+"""Where the fast path's milliseconds go, stage by stage (device machine).
+
+One warm fast-fp16 predict of SIM-R50 + classifier-R50 (random calibrated weights, as in bench_gpu) is split
+into its stages — pre-processing, classifier windows, matting net — and each is profiled on its own with
+torch.profiler: busy device time against wall time (compute- vs launch-bound) and the costliest kernels.
+Then two levers are timed in isolation on the same inputs: the classifier's 4-channel stem padded to 8
+channels (tensor-core friendly) and ``torch.compile`` of each network (with its build time).
+
+    python bench/profile_gpu.py --out $OUT/profile.md    # every section is appended as soon as it is done
+
+Sections are written as they finish, so a run cut short by its time limit still returns what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_gpu import calibrate_weights, example, make_predictor, set_mode  # noqa: E402
+
+from backend import processing  # noqa: E402
+from backend.models.registry import build_model  # noqa: E402
+from backend.predictor import PRECISIONS, MattingPredictor  # noqa: E402
+from backend.semantic_trimap import semantic_trimap  # noqa: E402
+
+T0 = time.perf_counter()
+
+
+class Report:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def add(self, text: str) -> None:
+        print(text, flush=True)
+        if self.path:
+            with self.path.open("a") as f:
+                f.write(text + "\n")
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], repeats: int = 10) -> float:
+    """Median wall ms of ``fn`` (synchronised), after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def profiled(name: str, fn: Callable[[], Any], rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        fn()
+    sync()
+    t = time.perf_counter()
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+        sync()
+    wall = (time.perf_counter() - t) * 1e3
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # none on CPU
+    busy = sum(e.self_device_time_total for e in kernels) / 1e3
+    launches = sum(e.count for e in kernels)
+    plain = timed(fn)
+    table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows, max_name_column_width=70)
+    return (f"### {name}\n\nwall {plain:.2f} ms (median of 10, unprofiled); under the profiler: wall {wall:.1f} ms, "
+            f"kernels busy {busy:.2f} ms, {launches} kernels\n\n```\n{table}\n```\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--rows", type=int, default=15)
+    ap.add_argument("--compile-budget-s", type=float, default=120.0, help="skip compile runs past this wall time")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (small --size)")
+    args = ap.parse_args()
+    rep = Report(args.out)
+    dev = torch.device(args.device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    rep.add(f"# profile_gpu on {name}, torch {torch.__version__}, size {args.size}²\n")
+
+    torch.manual_seed(0)
+    sim, clf = build_model("sim_r50").to(dev), build_model("classifier_r50").to(dev)
+    calibrate_weights(sim, clf, dev, 512)
+    cfg = "fast-fp16+slices" if dev.type == "cuda" else "fast-bf16+slices"
+    set_mode(cfg)
+    pred: MattingPredictor = make_predictor(sim, clf, dev, cfg)
+    image, trimap = example(args.size)
+    pred.predict(image, trimap)
+    net, fast_clf = pred._networks()
+    h, w = trimap.shape
+    ph, pw = processing.official_padding(h, w)
+    low = PRECISIONS[pred.precision]
+    inputs, _ = pred._device_inputs([image], [trimap], ph, pw, low)
+
+    def stage_pre() -> Any:
+        return pred._device_inputs([image], [trimap], ph, pw, low)
+
+    def stage_cls() -> Any:
+        with pred._autocast():
+            return semantic_trimap(fast_clf, inputs.image_n, inputs.trimap, out_dtype=low, channels_last=True,
+                                   scatter=False)
+
+    smap = stage_cls()
+
+    def stage_mat() -> Any:
+        return pred._forward(net, inputs, smap, False)
+
+    rep.add(f"whole predict: {timed(lambda: pred.predict(image, trimap), 7):.2f} ms (median of 7)\n")
+    for name, fn in (("pre-processing", stage_pre), ("classifier windows", stage_cls), ("matting net", stage_mat)):
+        rep.add(profiled(name, fn, args.rows))
+
+    # The classifier alone on one batch of 320-px windows, as semantic_trimap feeds it.
+    n_win = 36
+    x = torch.randn(n_win if dev.type == "cuda" else 2, 4, 320, 320, device=dev).contiguous(memory_format=torch.channels_last)
+    with pred._autocast():
+        base = timed(lambda: fast_clf(x))
+    rep.add(f"classifier, {len(x)}×4×320² {pred.precision} channels-last: {base:.2f} ms")
+    stem = fast_clf.conv1 if hasattr(fast_clf, "conv1") else None
+    if stem is not None and stem.in_channels == 4:
+        import copy
+
+        wide = copy.deepcopy(fast_clf)
+        conv = wide.conv1
+        weight = torch.zeros(conv.out_channels, 8, *conv.kernel_size, device=dev, dtype=conv.weight.dtype)
+        weight[:, :4] = conv.weight
+        conv.weight = torch.nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
+        conv.in_channels = 8
+        x8 = torch.cat([x, torch.zeros_like(x)], 1).contiguous(memory_format=torch.channels_last)
+        with pred._autocast():
+            padded = timed(lambda: wide(x8))
+        rep.add(f"classifier with the stem padded to 8 channels: {padded:.2f} ms ({base / padded:.2f}×)")
+    else:
+        rep.add(f"(stem is {type(stem).__name__}; padding test skipped)")
+    rep.add("")
+
+    for name, module, call in (("classifier", fast_clf, lambda m: m(x)),
+                               ("matting net", net, lambda m: m(inputs.image, inputs.image_n, inputs.trimap2,
+                                                                 inputs.trimap_gauss, smap, aux=False))):
+        if time.perf_counter() - T0 > args.compile_budget_s:
+            rep.add(f"{name} compile: skipped (past {args.compile_budget_s:.0f} s)")
+            continue
+        with pred._autocast():
+            eager = timed(lambda: call(module))
+            t = time.perf_counter()
+            compiled = torch.compile(module, mode="max-autotune-no-cudagraphs" if dev.type == "cuda" else None,
+                                     dynamic=False)
+            call(compiled)
+            sync()
+            build = time.perf_counter() - t
+            fast = timed(lambda: call(compiled))
+        rep.add(f"{name}: eager {eager:.2f} ms, torch.compile(max-autotune-no-cudagraphs) {fast:.2f} ms "
+                f"({eager / fast:.2f}×), built in {build:.0f} s")
+    rep.add(f"\ntotal wall {time.perf_counter() - T0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
