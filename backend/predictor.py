@@ -165,8 +165,10 @@ class MattingPredictor:
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
         refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
             unsure (``backend.refinement``, on the CPU); "off" returns the network's alpha.
-        window_scatter: how classifier windows accumulate into the semantic map (``semantic_trimap``'s
-            ``scatter``): None = by device, True = one index_put_ per batch, False = slice-adds per window.
+        pad_channels: with ``optimize``, zero-pad convs' input channels to multiples of 8 (the stems and the
+            semantic side conv; ``accel.pad_conv_channels``): None = on CUDA, where tensor cores need it.
+        fuse_relu: with ``optimize``, run the ResNet bottlenecks with conv+bias+ReLU fused in cuDNN
+            (``accel.fuse_conv_relu``); off by default until bench_gpu's ``+fused`` row has timed it.
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -177,7 +179,7 @@ class MattingPredictor:
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
                  channels_last: bool = True, tile_context: str = "image", refine: str = "band",
-                 window_scatter: bool | None = None) -> None:
+                 pad_channels: bool | None = None, fuse_relu: bool = False) -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -202,7 +204,8 @@ class MattingPredictor:
         # Explicit True also works on CPU (torch EDT): slower than OpenCV there, but it tests the device path.
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
-        self.window_scatter = window_scatter  # semantic_trimap(scatter=): None = by device; bench_gpu times both
+        self.pad_channels = (self.device.type == "cuda") if pad_channels is None else bool(pad_channels)
+        self.fuse_relu = fuse_relu
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize
         if tile_context not in ("image", "tile"):
@@ -222,10 +225,12 @@ class MattingPredictor:
         """(matting net, classifier) as run: the optimised copies, built on first use, or the originals."""
         if self._nets is None:
             if self.optimize:
-                cl = self.channels_last
-                net: nn.Module = inference_copy(self.model, channels_last=cl, inplace=self._inplace)
-                clf = (inference_copy(self.classifier, channels_last=cl, inplace=self._inplace)
-                       if self.classifier is not None else None)
+                # On CUDA the weights are stored in the autocast dtype (the values autocast would cast to).
+                opts = {"channels_last": self.channels_last, "inplace": self._inplace,
+                        "pad_channels": self.pad_channels, "fuse_relu": self.fuse_relu,
+                        "dtype": PRECISIONS[self.precision] if self.device.type == "cuda" else None}
+                net: nn.Module = inference_copy(self.model, **opts)
+                clf = inference_copy(self.classifier, **opts) if self.classifier is not None else None
             else:
                 net, clf = self.model.eval(), (self.classifier.eval() if self.classifier is not None else None)
             net = maybe_compile(net, self.compile)
@@ -467,7 +472,7 @@ class MattingPredictor:
             with self._autocast():
                 smap = semantic_trimap(clf, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes,
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,
-                                       channels_last=self.channels_last, scatter=self.window_scatter)
+                                       channels_last=self.channels_last)
         else:
             smap = torch.zeros((n, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
         timings["classifier"] = self._elapsed(t1)
@@ -538,8 +543,11 @@ class MattingPredictor:
             img = img.float() / 255.0
         elif raw.dtype == np.uint16:
             img = img.float() / 65535.0
-        img = img.contiguous()
-        inputs = processing.build_inputs_torch(img, tri_dev, dtype=low or torch.float32)
+        # The upload is already channels-last (HWC permuted): keep the network inputs so, or every
+        # full-resolution concatenation with them mixes layouts (slow copies, H200 profile).
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        img = img.contiguous(memory_format=fmt)
+        inputs = processing.build_inputs_torch(img, tri_dev, dtype=low or torch.float32, memory_format=fmt)
         return inputs, tri_dev
 
     def _class_index(self, name: str | int) -> int:

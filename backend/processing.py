@@ -328,18 +328,23 @@ def build_inputs(image: np.ndarray, trimap: np.ndarray, device: torch.device | s
 
 
 def build_inputs_torch(image: torch.Tensor, trimap: torch.Tensor, *, gauss_method: str = "auto",
-                       dtype: torch.dtype = torch.float32) -> NetworkInputs:
+                       dtype: torch.dtype = torch.float32,
+                       memory_format: torch.memory_format = torch.contiguous_format) -> NetworkInputs:
     """``build_inputs`` on the device: image N×3×H×W float32 in [0,1] and trimap N×1×H×W uint8, both padded
     and already on the device. The distance transform runs there too (``trimap_gaussian_torch``).
 
     ``dtype`` stores the five network inputs in bf16/fp16 for low-precision inference (half the memory);
     the autocast convolutions would cast them to that dtype anyway, so the alpha is unchanged.
+    ``memory_format``: channels-last for a channels-last network (the same values, another layout).
     """
     t2 = torch.cat([trimap == TRIMAP_BG, trimap == TRIMAP_FG], dim=1).float()
     gauss = trimap_gaussian_torch(t2, method=gauss_method)
     image_n = normalize_image(image)
-    return NetworkInputs(image=image.to(dtype), image_n=image_n.to(dtype), trimap2=t2.to(dtype),
-                         trimap_gauss=gauss.to(dtype), trimap=trimap.float())
+    def net(t: torch.Tensor) -> torch.Tensor:
+        return t.to(dtype=dtype, memory_format=memory_format)
+
+    return NetworkInputs(image=net(image), image_n=net(image_n), trimap2=net(t2), trimap_gauss=net(gauss),
+                         trimap=trimap.float())
 
 
 def finalize_alpha_torch(alpha: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:

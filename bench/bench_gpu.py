@@ -17,8 +17,9 @@ Configurations (same weights, same inputs, same process):
     fast-bf16-nchw  fast-bf16 without channels-last (cuDNN's NHWC kernels for dilated convs vary).
     fast-fp32    the same levers in FP32 (TF32 convolutions as in the baseline): the exactness control.
     +graphs      fast-bf16 / fast-fp16 with the matting net and classifier batches replayed as CUDA graphs.
-    +slices      classifier windows accumulated by per-window slice-adds (window_scatter=False) instead of
-                 the CUDA default, one sort-based index_put_ per batch: which is faster is a device question.
+    +nopad       without the CUDA default of zero-padding convs' input channels to multiples of 8
+                 (MattingPredictor(pad_channels=False)): what the padding buys.
+    +fused       bottlenecks with conv+bias+ReLU (and the residual sum) fused in cuDNN (fuse_relu=True).
     +compile     (only with --compile) fast-bf16 with torch.compile on the matting net and classifier.
 The accuracy reference is FP32 with TF32 disabled (strict IEEE FP32); differences are reported on the
 unknown region in 1/255 units. Weights are random but with BatchNorm statistics estimated on the input
@@ -140,7 +141,8 @@ def make_predictor(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
         prec = "bf16"  # CPU autocast supports bf16 only; the smoke run still exercises the code path
     return MattingPredictor(sim, clf, device=dev, precision=prec, optimize=True, gpu_preprocess=True,
                             compile="compile" in cfg, cuda_graphs="graphs" in cfg,
-                            channels_last="nchw" not in cfg, window_scatter=False if "slices" in cfg else None,
+                            channels_last="nchw" not in cfg, pad_channels=False if "nopad" in cfg else None,
+                            fuse_relu="fused" in cfg,
                             **common)
 
 
@@ -337,6 +339,8 @@ def main() -> None:
                     help="alpha-head output std after calibration (0 = leave the random head as it is)")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
                     help="also print torch.profiler's top ROWS operators of one fast-fp16 predict at the smallest size")
+    ap.add_argument("--configs", nargs="+", default=None, help="time only these configurations (the fp32-eager "
+                    "baseline always runs)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -366,9 +370,14 @@ def main() -> None:
 
     configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16", "fast-bf16-nchw"]
     configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
-    # the classifier windows accumulated by per-window slice-adds instead of one sort-based index_put_ per batch
-    configs += ["fast-fp16+graphs+slices"] if dev.type == "cuda" or args.graphs_on_cpu else ["fast-bf16+slices"]
+    configs += (["fast-fp16+graphs+nopad", "fast-fp16+graphs+fused"] if dev.type == "cuda" or args.graphs_on_cpu
+                else ["fast-bf16+nopad", "fast-bf16+fused"])
     configs += ["fast-bf16+compile"] if args.compile else []
+    if args.configs:
+        unknown = set(args.configs) - set(configs)
+        if unknown:
+            raise SystemExit(f"unknown --configs {sorted(unknown)}; choose from {configs}")
+        configs = ["fp32-eager"] + [c for c in configs if c in args.configs and c != "fp32-eager"]
 
     def release() -> None:
         # Each configuration gets a fresh predictor, dropped after use, so that a peak is that

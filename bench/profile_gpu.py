@@ -106,7 +106,7 @@ def main() -> None:
     torch.manual_seed(0)
     sim, clf = build_model("sim_r50").to(dev), build_model("classifier_r50").to(dev)
     calibrate_weights(sim, clf, dev, 512)
-    cfg = "fast-fp16+slices" if dev.type == "cuda" else "fast-bf16+slices"
+    cfg = "fast-fp16" if dev.type == "cuda" else "fast-bf16"
     set_mode(cfg)
     pred: MattingPredictor = make_predictor(sim, clf, dev, cfg)
     image, trimap = example(args.size)
@@ -123,7 +123,7 @@ def main() -> None:
     def stage_cls() -> Any:
         with pred._autocast():
             return semantic_trimap(fast_clf, inputs.image_n, inputs.trimap, out_dtype=low, channels_last=True,
-                                   scatter=False)
+                                   batch_size=pred.classifier_batch)
 
     smap = stage_cls()
 
@@ -141,7 +141,7 @@ def main() -> None:
         base = timed(lambda: fast_clf(x))
     rep.add(f"classifier, {len(x)}×4×320² {pred.precision} channels-last: {base:.2f} ms")
     stem = fast_clf.conv1 if hasattr(fast_clf, "conv1") else None
-    if stem is not None and stem.in_channels == 4:
+    if isinstance(stem, torch.nn.Conv2d) and stem.in_channels == 4:  # (padded already on CUDA by default)
         import copy
 
         wide = copy.deepcopy(fast_clf)

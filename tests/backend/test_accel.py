@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from backend import processing as P
-from backend.accel import fold_batchnorm, inference_copy, sim_inference_forward, sim_layer4
+from backend.accel import (ChannelPaddedConv2d, fold_batchnorm, inference_copy, pad_conv_channels,
+                           sim_inference_forward, sim_layer4)
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from tests.conftest import make_example, randomise_bn
@@ -136,6 +137,49 @@ def test_bn_folding_classifier_and_channels_last() -> None:
     torch.testing.assert_close(got[1], ref[1], rtol=1e-4, atol=1e-4)
 
 
+def test_low_precision_weights_equal_autocast_casts() -> None:
+    """inference_copy(dtype=) stores what autocast would cast each weight to: the same outputs, no per-call
+    weight copies (bf16 on the CPU here; the predictor does this for fp16/bf16 on CUDA)."""
+    torch.manual_seed(1)
+    clf = build_model("classifier_tiny")
+    randomise_bn(clf, 5)
+    clf.eval()
+    wide = inference_copy(clf)
+    low = inference_copy(clf, dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in low.parameters())
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, got = wide(x), low(x)
+    torch.testing.assert_close(got[1].float(), ref[1].float(), rtol=0, atol=0)
+
+
+def test_channel_padding_is_exact() -> None:
+    torch.manual_seed(2)
+    model = build_model("sim_tiny").eval()
+    padded = inference_copy(model, fold_bn=False)
+    assert pad_conv_channels(padded) >= 1
+    assert all(m.conv.in_channels % 8 == 0 for m in padded.modules() if isinstance(m, ChannelPaddedConv2d))
+    args = _sim_args()
+    with torch.no_grad():
+        torch.testing.assert_close(padded(*args)["alpha"], model(*args)["alpha"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["classifier_tiny", "classifier_r50"])
+def test_fused_blocks_equal_plain(name: str) -> None:
+    """fuse_relu swaps every folded ResNet block's forward (cuDNN-fused on CUDA; the plain ops here)."""
+    torch.manual_seed(3)
+    clf = build_model(name)
+    randomise_bn(clf, 6)
+    clf.eval()
+    plain = inference_copy(clf)
+    fused = inference_copy(clf, fuse_relu=True)
+    blocks = sum(type(m).__name__ in ("Bottleneck", "BasicBlock") for m in clf.modules())
+    assert blocks > 0 and sum(type(m).__name__.startswith("Fused") for m in fused.modules()) == blocks
+    x = torch.randn(2, 4, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x)[1], plain(x)[1], rtol=1e-5, atol=1e-5)
+
+
 def _tiny_models_with_random_bn() -> tuple[torch.nn.Module, torch.nn.Module]:
     """sim_tiny + classifier_tiny with non-trivial BN statistics (so BN folding has something to fold)."""
     torch.manual_seed(0)
@@ -152,7 +196,13 @@ def test_optimised_predictor_equals_plain_and_device_path() -> None:
     plain = MattingPredictor(sim, clf, optimize=False, **kw).predict(image, trimap, want_semantic=True)
     fast = MattingPredictor(sim, clf, **kw).predict(image, trimap, want_semantic=True)
     dev = MattingPredictor(sim, clf, gpu_preprocess=True, **kw).predict(image, trimap, want_semantic=True)
-    for r in (fast, dev):
+    # The CUDA defaults: convs' input channels padded to multiples of 8, channels-last network inputs.
+    padded_pred = MattingPredictor(sim, clf, gpu_preprocess=True, pad_channels=True, **kw)
+    padded = padded_pred.predict(image, trimap, want_semantic=True)
+    net, fast_clf = padded_pred._networks()
+    assert isinstance(fast_clf.conv1, ChannelPaddedConv2d) and fast_clf.conv1.conv.in_channels == 8
+    assert isinstance(net.encoder.conv1_side, ChannelPaddedConv2d)
+    for r in (fast, dev, padded):
         assert np.abs(r.alpha - plain.alpha).max() < 1e-4
         assert np.abs(r.semantic - plain.semantic).max() < 1e-4
     u16 = MattingPredictor(sim, clf, gpu_preprocess=True, **kw).predict(image.astype(np.uint16) * 257, trimap)
