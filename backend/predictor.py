@@ -165,10 +165,8 @@ class MattingPredictor:
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
         refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
             unsure (``backend.refinement``, on the CPU); "off" returns the network's alpha.
-        pad_channels: with ``optimize``, zero-pad convs' input channels to multiples of 8 (the stems and the
-            semantic side conv; ``accel.pad_conv_channels``): None = on CUDA, where tensor cores need it.
-        fuse_relu: with ``optimize``, run the ResNet bottlenecks with conv+bias+ReLU fused in cuDNN
-            (``accel.fuse_conv_relu``); off by default until bench_gpu's ``+fused`` row has timed it.
+        fuse_relu: with ``optimize``, run the ResNet blocks with conv+bias+ReLU fused in cuDNN
+            (``accel.fuse_conv_relu``): None = on CUDA (the CPU has no such kernels).
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -179,7 +177,7 @@ class MattingPredictor:
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
                  channels_last: bool = True, tile_context: str = "image", refine: str = "band",
-                 pad_channels: bool | None = None, fuse_relu: bool = False) -> None:
+                 fuse_relu: bool | None = None) -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -204,8 +202,7 @@ class MattingPredictor:
         # Explicit True also works on CPU (torch EDT): slower than OpenCV there, but it tests the device path.
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
-        self.pad_channels = (self.device.type == "cuda") if pad_channels is None else bool(pad_channels)
-        self.fuse_relu = fuse_relu
+        self.fuse_relu = (self.device.type == "cuda") if fuse_relu is None else bool(fuse_relu)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize
         if tile_context not in ("image", "tile"):
@@ -227,7 +224,7 @@ class MattingPredictor:
             if self.optimize:
                 # On CUDA the weights are stored in the autocast dtype (the values autocast would cast to).
                 opts = {"channels_last": self.channels_last, "inplace": self._inplace,
-                        "pad_channels": self.pad_channels, "fuse_relu": self.fuse_relu,
+                        "fuse_relu": self.fuse_relu,
                         "dtype": PRECISIONS[self.precision] if self.device.type == "cuda" else None}
                 net: nn.Module = inference_copy(self.model, **opts)
                 clf = inference_copy(self.classifier, **opts) if self.classifier is not None else None

@@ -3,8 +3,7 @@
 One warm fast-fp16 predict of SIM-R50 + classifier-R50 (random calibrated weights, as in bench_gpu) is split
 into its stages — pre-processing, classifier windows, matting net — and each is profiled on its own with
 torch.profiler: busy device time against wall time (compute- vs launch-bound) and the costliest kernels.
-Then two levers are timed in isolation on the same inputs: the classifier's 4-channel stem padded to 8
-channels (tensor-core friendly) and ``torch.compile`` of each network (with its build time).
+Then ``torch.compile`` of each network is timed in isolation on the same inputs (with its build time).
 
     python bench/profile_gpu.py --out $OUT/profile.md    # every section is appended as soon as it is done
 
@@ -140,22 +139,6 @@ def main() -> None:
     with pred._autocast():
         base = timed(lambda: fast_clf(x))
     rep.add(f"classifier, {len(x)}×4×320² {pred.precision} channels-last: {base:.2f} ms")
-    stem = fast_clf.conv1 if hasattr(fast_clf, "conv1") else None
-    if isinstance(stem, torch.nn.Conv2d) and stem.in_channels == 4:  # (padded already on CUDA by default)
-        import copy
-
-        wide = copy.deepcopy(fast_clf)
-        conv = wide.conv1
-        weight = torch.zeros(conv.out_channels, 8, *conv.kernel_size, device=dev, dtype=conv.weight.dtype)
-        weight[:, :4] = conv.weight
-        conv.weight = torch.nn.Parameter(weight.contiguous(memory_format=torch.channels_last), requires_grad=False)
-        conv.in_channels = 8
-        x8 = torch.cat([x, torch.zeros_like(x)], 1).contiguous(memory_format=torch.channels_last)
-        with pred._autocast():
-            padded = timed(lambda: wide(x8))
-        rep.add(f"classifier with the stem padded to 8 channels: {padded:.2f} ms ({base / padded:.2f}×)")
-    else:
-        rep.add(f"(stem is {type(stem).__name__}; padding test skipped)")
     rep.add("")
 
     for name, module, call in (("classifier", fast_clf, lambda m: m(x)),
