@@ -16,7 +16,7 @@ if [ -d .whl ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
 fi
 { echo '```'; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   python3 -c "import torch, zmq, msgpack; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-  git log -1 --format='commit %h %s' 2>/dev/null; echo '```'; } > "$OUT/perf.md" || exit 3
+  echo '```'; } > "$OUT/perf.md" || exit 3
 cat "$OUT/perf.md"
 BENCH_S=${BENCH_S:-190}
 timeout "$BENCH_S" python3 bench/bench_gpu.py --repeats 7 --profile 15 --cal-sizes 1024 --budget-s $(( BENCH_S - 50 )) \
