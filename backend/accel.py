@@ -187,7 +187,7 @@ def inference_copy(model: nn.Module, *, fold_bn: bool = True, channels_last: boo
 
     ``dtype``: store the weights in the autocast dtype (CUDA fp16/bf16): autocast would cast each weight
     to exactly these values at every call, one copy kernel per parameter (≈ 1 ms per 1024² predict).
-    ``fuse_relu``: bottlenecks run conv+bias+ReLU fused (``fuse_conv_relu``; needs ``fold_bn``)."""
+    ``fuse_relu``: ResNet blocks run conv+bias+ReLU fused (``fuse_conv_relu``; needs ``fold_bn``)."""
     out = (model if inplace else copy.deepcopy(model)).eval()
     for p in out.parameters():
         p.requires_grad_(False)

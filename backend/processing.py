@@ -340,11 +340,9 @@ def build_inputs_torch(image: torch.Tensor, trimap: torch.Tensor, *, gauss_metho
     t2 = torch.cat([trimap == TRIMAP_BG, trimap == TRIMAP_FG], dim=1).float()
     gauss = trimap_gaussian_torch(t2, method=gauss_method)
     image_n = normalize_image(image)
-    def net(t: torch.Tensor) -> torch.Tensor:
-        return t.to(dtype=dtype, memory_format=memory_format)
-
-    return NetworkInputs(image=net(image), image_n=net(image_n), trimap2=net(t2), trimap_gauss=net(gauss),
-                         trimap=trimap.float())
+    as_input = {"dtype": dtype, "memory_format": memory_format}
+    return NetworkInputs(image=image.to(**as_input), image_n=image_n.to(**as_input), trimap2=t2.to(**as_input),
+                         trimap_gauss=gauss.to(**as_input), trimap=trimap.float())
 
 
 def finalize_alpha_torch(alpha: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:

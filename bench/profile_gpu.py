@@ -94,6 +94,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--rows", type=int, default=15)
     ap.add_argument("--compile-budget-s", type=float, default=120.0, help="skip compile runs past this wall time")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode (session 9: max-autotune-no-cudagraphs "
+                    "autotuned past a 200 s call on an H200)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--device", default="cuda", help="cpu: a smoke run of the script (small --size)")
     args = ap.parse_args()
@@ -150,13 +152,13 @@ def main() -> None:
         with pred._autocast():
             eager = timed(lambda: call(module))
             t = time.perf_counter()
-            compiled = torch.compile(module, mode="max-autotune-no-cudagraphs" if dev.type == "cuda" else None,
+            compiled = torch.compile(module, mode=None if args.compile_mode == "default" else args.compile_mode,
                                      dynamic=False)
             call(compiled)
             sync()
             build = time.perf_counter() - t
             fast = timed(lambda: call(compiled))
-        rep.add(f"{name}: eager {eager:.2f} ms, torch.compile(max-autotune-no-cudagraphs) {fast:.2f} ms "
+        rep.add(f"{name}: eager {eager:.2f} ms, torch.compile({args.compile_mode}) {fast:.2f} ms "
                 f"({eager / fast:.2f}×), built in {build:.0f} s")
     rep.add(f"\ntotal wall {time.perf_counter() - T0:.0f} s")
 

@@ -100,12 +100,17 @@ def _sim_args(h: int = 64, w: int = 96, c: int = 20) -> tuple[torch.Tensor, ...]
             torch.rand(1, 6, h, w, generator=g), torch.rand(1, c, h, w, generator=g))
 
 
+def _with_random_bn(name: str, seed: int, bn_seed: int) -> torch.nn.Module:
+    """A registry model in eval mode with non-trivial BN statistics (so folding has something to fold)."""
+    torch.manual_seed(seed)
+    model = build_model(name)
+    randomise_bn(model, bn_seed)
+    return model.eval()
+
+
 @pytest.mark.parametrize("name", ["sim_tiny", "sim_lite"])
 def test_bn_folding_is_exact_algebra(name: str) -> None:
-    torch.manual_seed(0)
-    model = build_model(name)
-    randomise_bn(model, 1)
-    model.eval()
+    model = _with_random_bn(name, 0, 1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded = inference_copy(model, fold_bn=True)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
@@ -122,10 +127,7 @@ def test_bn_folding_is_exact_algebra(name: str) -> None:
 
 
 def test_bn_folding_classifier_and_channels_last() -> None:
-    torch.manual_seed(0)
-    clf = build_model("classifier_lite")
-    randomise_bn(clf, 2)
-    clf.eval()
+    clf = _with_random_bn("classifier_lite", 0, 2)
     fast = inference_copy(clf, fold_bn=True, channels_last=True)
     assert fold_batchnorm(build_model("classifier_tiny")) > 0
     x = torch.randn(2, 4, 96, 96)
@@ -139,10 +141,7 @@ def test_bn_folding_classifier_and_channels_last() -> None:
 def test_low_precision_weights_equal_autocast_casts() -> None:
     """inference_copy(dtype=) stores what autocast would cast each weight to: the same outputs, no per-call
     weight copies (bf16 on the CPU here; the predictor does this for fp16/bf16 on CUDA)."""
-    torch.manual_seed(1)
-    clf = build_model("classifier_tiny")
-    randomise_bn(clf, 5)
-    clf.eval()
+    clf = _with_random_bn("classifier_tiny", 1, 5)
     wide = inference_copy(clf)
     low = inference_copy(clf, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in low.parameters())
@@ -155,10 +154,7 @@ def test_low_precision_weights_equal_autocast_casts() -> None:
 @pytest.mark.parametrize("name", ["classifier_tiny", "classifier_r50"])
 def test_fused_blocks_equal_plain(name: str) -> None:
     """fuse_relu swaps every folded ResNet block's forward (cuDNN-fused on CUDA; the plain ops here)."""
-    torch.manual_seed(3)
-    clf = build_model(name)
-    randomise_bn(clf, 6)
-    clf.eval()
+    clf = _with_random_bn(name, 3, 6)
     plain = inference_copy(clf)
     fused = inference_copy(clf, fuse_relu=True)
     blocks = sum(type(m).__name__ in ("Bottleneck", "BasicBlock") for m in clf.modules())
