@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from backend.models.registry import build_model
@@ -128,6 +129,23 @@ def test_laplacian_loss_grad_and_linearity():
     assert loss.item() > 0
     loss.backward()
     assert _grad_reaches(pred)
+
+
+def test_one_pyramid_and_one_sobel_pass_equal_the_per_tensor_definitions():
+    """The losses build one Laplacian pyramid of the difference (and of F, B joined) and one Sobel pass
+    over joined tensors: the same values as the per-tensor definitions (fewer kernels per GPU step)."""
+    g = torch.Generator().manual_seed(4)
+    f_hat, b_hat, fg, bg = (torch.rand(2, 3, 40, 48, generator=g) for _ in range(4))
+    a_hat = torch.rand(2, 1, 40, 48, generator=g)
+
+    def two_pyramids(p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sum(F.l1_loss(x, y) for x, y in zip(L.laplacian_pyramid(p), L.laplacian_pyramid(t)))
+
+    assert float(L.laplacian_loss(f_hat, fg)) == pytest.approx(float(two_pyramids(f_hat, fg)), rel=1e-5)
+    assert float(L.fb_laplacian_loss(f_hat, b_hat, fg, bg)) == pytest.approx(
+        0.5 * float(two_pyramids(f_hat, fg) + two_pyramids(b_hat, bg)), rel=1e-5)
+    for joined, single in zip(L.grad_magnitudes(a_hat, f_hat, b_hat), (a_hat, f_hat, b_hat)):
+        assert torch.equal(joined, L.grad_magnitude(single))
 
 
 # --------------------------------------------------------------------------- L_FB
