@@ -95,13 +95,14 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
                 patches = patches.contiguous(memory_format=torch.channels_last)
             _, cam, _ = classifier(patches)
             del patches
+            # The small stride-32 CAMs go to float32 in the accumulator's layout in one copy: a channels-last
+            # upsample added into it runs a strided kernel ~5× slower than the bandwidth allows (H200 profile).
+            cam = cam.float().contiguous()
             # Upsampled one window at a time: a whole batch of full-size float32 CAMs would be the
             # stage's largest tensor (0.5 GiB for ten 800-px windows). Slice-adds beat one sort-based
             # index_put_ per batch on an H200 (13.6 vs 16.1 ms of classifier stage at 1024², 53.7 vs 62.6 at 2048²).
-            # The small CAM goes to the accumulator's layout first: a channels-last upsample added into it
-            # runs a strided kernel ~5× slower than the bandwidth allows (H200 profile).
-            for (b, y, x0), c in zip(chunk, cam):
-                up = F.interpolate(c[None].float().contiguous(), size=(wh, ww), mode="bilinear", align_corners=False)
+            for j, (b, y, x0) in enumerate(chunk):
+                up = F.interpolate(cam[j:j + 1], size=(wh, ww), mode="bilinear", align_corners=False)
                 total[b, :, y:y + wh, x0:x0 + ww] += up[0]
                 count[b, :, y:y + wh, x0:x0 + ww] += 1
             del cam
