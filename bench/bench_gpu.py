@@ -370,7 +370,8 @@ def main() -> None:
 
     configs = ["fp32-eager", "fast-fp32", "fast-bf16", "fast-fp16", "fast-bf16-nchw"]
     configs += ["fast-bf16+graphs", "fast-fp16+graphs"] if dev.type == "cuda" or args.graphs_on_cpu else []
-    configs += ["fast-fp16+graphs+unfused", "fast-fp16+graphs+cb16"] if dev.type == "cuda" or args.graphs_on_cpu else []
+    if dev.type == "cuda" or args.graphs_on_cpu:
+        configs += ["fast-fp16+graphs+unfused", "fast-fp16+graphs+cb16"]
     configs += ["fast-bf16+compile"] if args.compile else []
     if args.configs:
         unknown = set(args.configs) - set(configs)
