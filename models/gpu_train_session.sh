@@ -14,6 +14,7 @@
 # bench/gpu_perf_check.sh's three fit beside them). Then, here on the CPU (models/README.md, phase 10):
 #   semantic-matte train average out/matting_step_*.pt --config run-config.json -o avg.pt --bn-batches 50
 #   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt avg.pt
+# DISC=path/to/discriminator.pt turns the L_c / L_f terms on (carry the file; default: off).
 set -u
 OUT=${OUT:-/tmp/out}
 RUNS=/tmp/runs
@@ -29,7 +30,7 @@ t0=$(date +%s)
 timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold-validation \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-15}" --classifier-steps 0 --steps "${STEPS_M:-6000}" \
   --lr "${LR:-3e-4}" --batch-size "${BATCH:-32}" --fg-cache "${FG_CACHE:-.devdata/fg_cache}" \
-  --ckpt-every "${CKPT_EVERY:-250}" --out "$RUNS" > "$LOG" 2>&1
+  --ckpt-every "${CKPT_EVERY:-250}" ${DISC:+--discriminator "$DISC"} --out "$RUNS" > "$LOG" 2>&1
 echo "train rc=$? wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -3 "$LOG" | cut -c1-300
 snaps=($(ls "$RUNS"/matting/checkpoints/step_*.pt 2>/dev/null))

@@ -116,12 +116,17 @@ def main() -> None:
     ap.add_argument("--fg-cache", type=Path, default=None,
                     help="gpu-continue: folder of the photos' foreground estimates (PNG); filled once when missing. "
                          "A complete one, made here and carried, spares a fresh machine pymatting's ≈ 30 s compile")
+    ap.add_argument("--discriminator", type=Path, default=None,
+                    help="gpu-continue / cpu-continue: frozen discriminator weights for the L_c / L_f terms "
+                         "(default: none, those terms off; session 9 trained one on the CPU: models/README.md)")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
     if args.phase == "ship":
         ship(args.init, args.note, args.ship_dir)
         return
     out = [f"run.out_dir={args.out}"]
+    # after matting_config's model.discriminator="" (L_c / L_f off), so it wins
+    disc = [f"model.discriminator={args.discriminator}"] if args.discriminator is not None else []
     if args.phase == "gpu":
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}"]
         clf = train(classifier_config(dev + out + [f"schedule.steps={args.classifier_steps}"])).exported
@@ -146,14 +151,15 @@ def main() -> None:
         run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", f"optim.lr={args.lr}",
             f"schedule.min_lr={args.lr / 2}", f"data.batch_size={args.batch_size}", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=50", f"run.seed={args.seed}"], (0.5, 0.5), args.hold_validation, "mixed",
+            "schedule.warmup_steps=50", f"run.seed={args.seed}", *disc], (0.5, 0.5), args.hold_validation, "mixed",
             args.fg_cache),
             resume=True)
     else:
         run = train(matting_config(out + [
             "run.device=cpu", "run.precision=fp32", "run.threads=2", "data.num_workers=1", f"model.init={args.init}",
             f"model.classifier={args.classifier}", "optim.lr=2e-4", "data.batch_size=8", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2"], (0.3, 0.7), args.hold_validation),
+            "schedule.warmup_steps=20", "run.ckpt_every=50", "run.keep_ckpts=2", *disc], (0.3, 0.7),
+            args.hold_validation),
             resume=True)
     print(run.exported, run.history[-1])
 

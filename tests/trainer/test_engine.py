@@ -410,6 +410,8 @@ def test_default_recipe_script_builds_on_the_toml_configs():
     assert (clf.task, clf.model.arch, clf.data.batch_size, clf.data.val) == ("classifier", "classifier_lite", 64, [])
     gpu = recipe.matting_config(["data.batch_size=32"])
     assert gpu.model.arch == "sim_lite" and gpu.model.discriminator == "" and gpu.data.train[0]["weights"] == [0.6, 0.4]
+    # --discriminator passes its override after the recipe's "" (L_c / L_f off): it wins
+    assert recipe.matting_config(["model.discriminator=d.pt"]).model.discriminator == "d.pt"
     cpu = recipe.matting_config([], (0.3, 0.7))
     assert cpu.data.train[0]["weights"] == [0.3, 0.7] and cpu.optim.weight_decay == gpu.optim.weight_decay
     held = recipe.matting_config([], hold_validation=True).data.train[0]
