@@ -171,9 +171,11 @@ def fuse_conv_relu(model: nn.Module) -> int:
     fused = 0
     for module in model.modules():
         kind = _FUSED.get(type(module))
+        if kind is None:
+            continue
         convs = [getattr(module, f"conv{i}", None) for i in (1, 2, 3)]
         bns = [getattr(module, f"bn{i}", None) for i in (1, 2, 3)]
-        if (kind is not None and all(type(c) is nn.Conv2d for c in convs if c is not None)
+        if (all(type(c) is nn.Conv2d for c in convs if c is not None)
                 and all(isinstance(b, nn.Identity) for b in bns if b is not None)):
             module.__class__ = kind
             fused += 1

@@ -288,6 +288,14 @@ def edt_check(dev: torch.device, trimap: np.ndarray) -> dict[str, Any]:
     return out
 
 
+def kernel_summary(events: Any) -> tuple[float, int]:
+    """(busy ms, kernel count) of a profile's device kernels, from the kernel rows alone: an operator's row
+    repeats its kernels' time, so summing every row counts it twice. Busy time against wall time says whether
+    a stage is compute- or launch/sync-bound."""
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # none on a CPU
+    return sum(e.self_device_time_total for e in kernels) / 1e3, sum(e.count for e in kernels)
+
+
 def profile_config(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, size: int, rows: int) -> str:
     """torch.profiler's table of the ``rows`` most expensive operators of one warm ``predict`` (kernels by
     device time on CUDA): where the fast path's milliseconds go, beyond the stage totals."""
@@ -308,14 +316,12 @@ def profile_config(sim: nn.Module, clf: nn.Module, dev: torch.device, cfg: str, 
     events = prof.key_averages()
     sort = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
     table = events.table(sort_by=sort, row_limit=rows, max_name_column_width=60)
-    # Busy device time against wall time says whether a stage is compute- or launch/sync-bound.
-    busy = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e3
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    busy, launches = kernel_summary(events)
     stages = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in res.timings.items())
     cpu_table = events.table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=60)
-    log(f"profile of {cfg} at {size}² done: wall {wall:.1f} ms, device busy {busy:.1f} ms, {launches} launches")
+    log(f"profile of {cfg} at {size}² done: wall {wall:.1f} ms, kernels busy {busy:.1f} ms, {launches} kernels")
     return (f"Profile of one warm predict, {cfg} at {size}² (sorted by {sort}); wall {wall:.1f} ms under the "
-            f"profiler, device busy {busy:.1f} ms, {launches} kernel launches; stages (ms) {stages}:\n\n"
+            f"profiler, kernels busy {busy:.1f} ms, {launches} kernels; stages (ms) {stages}:\n\n"
             f"```\n{table}\n```\n\nHost side (sorted by self CPU time):\n\n```\n{cpu_table}\n```")
 
 

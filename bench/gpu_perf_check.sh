@@ -9,11 +9,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 3
-fi
+source install/device_wheels.sh || exit 3
 { echo '```'; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   python3 -c "import torch, zmq, msgpack; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
   echo '```'; } > "$OUT/perf.md" || exit 3

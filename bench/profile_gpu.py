@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_gpu import calibrate_weights, example, make_predictor, set_mode
+from bench_gpu import calibrate_weights, example, kernel_summary, make_predictor, set_mode, sync
 
 from backend import processing
 from backend.models.registry import build_model
@@ -49,42 +49,35 @@ class Report:
                 f.write(text + "\n")
 
 
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], Any], repeats: int = 10) -> float:
+def timed(dev: torch.device, fn: Callable[[], Any], repeats: int = 10) -> float:
     """Median wall ms of ``fn`` (synchronised), after two warm-up calls."""
     for _ in range(2):
         fn()
-    sync()
+    sync(dev)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        sync()
+        sync(dev)
         times.append((time.perf_counter() - t) * 1e3)
     return float(np.median(times))
 
 
-def profiled(name: str, fn: Callable[[], Any], rows: int) -> str:
+def profiled(dev: torch.device, name: str, fn: Callable[[], Any], rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(2):
         fn()
-    sync()
+    sync(dev)
     t = time.perf_counter()
-    cuda = torch.cuda.is_available()
+    cuda = dev.type == "cuda"
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         fn()
-        sync()
+        sync(dev)
     wall = (time.perf_counter() - t) * 1e3
     events = prof.key_averages()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]  # none on CPU
-    busy = sum(e.self_device_time_total for e in kernels) / 1e3
-    launches = sum(e.count for e in kernels)
-    plain = timed(fn)
+    busy, launches = kernel_summary(events)
+    plain = timed(dev, fn)
     table = events.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=rows, max_name_column_width=70)
     return (f"### {name}\n\nwall {plain:.2f} ms (median of 10, unprofiled); under the profiler: wall {wall:.1f} ms, "
             f"kernels busy {busy:.2f} ms, {launches} kernels\n\n```\n{table}\n```\n")
@@ -132,15 +125,15 @@ def main() -> None:
     def stage_mat() -> Any:
         return pred._forward(net, inputs, smap, False)
 
-    rep.add(f"whole predict: {timed(lambda: pred.predict(image, trimap), 7):.2f} ms (median of 7)\n")
+    rep.add(f"whole predict: {timed(dev, lambda: pred.predict(image, trimap), 7):.2f} ms (median of 7)\n")
     for name, fn in (("pre-processing", stage_pre), ("classifier windows", stage_cls), ("matting net", stage_mat)):
-        rep.add(profiled(name, fn, args.rows))
+        rep.add(profiled(dev, name, fn, args.rows))
 
     # The classifier alone on one batch of 320-px windows, as semantic_trimap feeds it.
     n_win = 36
     x = torch.randn(n_win if dev.type == "cuda" else 2, 4, 320, 320, device=dev).contiguous(memory_format=torch.channels_last)
     with pred._autocast():
-        base = timed(lambda: fast_clf(x))
+        base = timed(dev, lambda: fast_clf(x))
     rep.add(f"classifier, {len(x)}×4×320² {pred.precision} channels-last: {base:.2f} ms")
     rep.add("")
 
@@ -151,14 +144,14 @@ def main() -> None:
             rep.add(f"{name} compile: skipped (past {args.compile_budget_s:.0f} s)")
             continue
         with pred._autocast():
-            eager = timed(lambda c=call, m=module: c(m))
+            eager = timed(dev, lambda c=call, m=module: c(m))
             t = time.perf_counter()
             compiled = torch.compile(module, mode=None if args.compile_mode == "default" else args.compile_mode,
                                      dynamic=False)
             call(compiled)
-            sync()
+            sync(dev)
             build = time.perf_counter() - t
-            fast = timed(lambda c=call, m=compiled: c(m))
+            fast = timed(dev, lambda c=call, m=compiled: c(m))
         rep.add(f"{name}: eager {eager:.2f} ms, torch.compile({args.compile_mode}) {fast:.2f} ms "
                 f"({eager / fast:.2f}×), built in {build:.0f} s")
     rep.add(f"\ntotal wall {time.perf_counter() - T0:.0f} s")

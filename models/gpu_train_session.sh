@@ -19,11 +19,7 @@ set -u
 OUT=${OUT:-/tmp/out}
 RUNS=/tmp/runs
 mkdir -p "$OUT" "$RUNS"
-export PYTHONUNBUFFERED=1
-if [ -d .whl ] && [[ ":${PYTHONPATH:-}:" != *":/tmp/site:"* ]]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site:$PWD || exit 3
-fi
+source install/device_wheels.sh || exit 3
 export SEMANTIC_MATTE_DATA=${SEMANTIC_MATTE_DATA:-$PWD/.devdata}
 LOG="$OUT/train.log"
 t0=$(date +%s)
