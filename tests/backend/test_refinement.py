@@ -14,7 +14,7 @@ from backend import protocol as P
 from backend.metrics import sad_error
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
-from backend.refinement import colour_alpha, contradicted_by_colour, refine_alpha, refinement_band
+from backend.refinement import EPSILON_FALLBACK, colour_alpha, contradicted_by_colour, refine_alpha, refinement_band
 from tests.conftest import make_example
 
 
@@ -122,15 +122,28 @@ def test_no_band_snaps_and_an_unsolved_band_keeps_the_network_alpha(caplog: pyte
     np.testing.assert_array_equal(unsolved[band], net[band])
 
 
+def test_a_singular_laplacian_window_is_rebuilt_with_a_larger_regulariser() -> None:
+    """Flat-colour windows have a zero colour covariance; with epsilon 0 its determinant is exactly 0 and
+    pymatting's Laplacian divides by it. The solve rebuilds at EPSILON_FALLBACK instead of raising."""
+    image, trimap, gt = strands_scene()
+    image[:, :30] = 0.5  # a flat grey strip through the unknown band
+    net = blurry_network(gt, trimap)
+    fallback = refine_alpha(image, trimap, net, epsilon=0.0, colour_tolerance=None)
+    regular = refine_alpha(image, trimap, net, epsilon=EPSILON_FALLBACK, colour_tolerance=None)
+    np.testing.assert_allclose(fallback, regular, atol=1e-6)
+    assert sad_error(fallback, gt, trimap) < 0.5 * sad_error(net, gt, trimap)  # the strip itself holds no detail
+
+
 def test_tiled_solve_stays_close_to_one_piece() -> None:
     """Large images are solved in tiles (bounded memory). A held crop edge pins the solution near it, so
-    tiles need generous context: here (context = 2/3 of the tile, as 1024 + 128 is not) within 1.5x of the
-    one-piece error, still ~70x better than the network."""
+    tiles need generous context: the closed-form solution propagates far along this synthetic scene's straight
+    edge at epsilon 1e-7 (context 96 px needed here; 64 px gave 1.9x the one-piece error). On real photos
+    upscaled 2x (GT04, GT13) the shipped 1024 + 128 tiling matched the one-piece SAD within 0.1 %."""
     image, trimap, gt = strands_scene(200, 260)
     net = blurry_network(gt, trimap)
     whole = sad_error(refine_alpha(image, trimap, net), gt, trimap)
-    tiled = sad_error(refine_alpha(image, trimap, net, tile=96, context=64), gt, trimap)
-    assert whole <= tiled < 1.5 * whole < 0.05 * sad_error(net, gt, trimap)
+    tiled = sad_error(refine_alpha(image, trimap, net, tile=96, context=96), gt, trimap)
+    assert whole <= tiled < 1.1 * whole < 0.05 * sad_error(net, gt, trimap)
 
 
 def test_predictor_refine_modes() -> None:
