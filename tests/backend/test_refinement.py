@@ -14,7 +14,13 @@ from backend import protocol as P
 from backend.metrics import sad_error
 from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
-from backend.refinement import EPSILON_FALLBACK, colour_alpha, contradicted_by_colour, refine_alpha, refinement_band
+from backend.refinement import (
+    EPSILON_FALLBACK,
+    colour_alpha,
+    contradicted_by_colour,
+    refine_alpha,
+    refinement_band,
+)
 from tests.conftest import make_example
 
 
