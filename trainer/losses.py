@@ -210,6 +210,8 @@ def gradient_loss(
     lambdas: torch.Tensor,
     unknown: torch.Tensor,
     form: str = "paper",
+    *,
+    maps: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """L_g = (1/|U|) Σ_U ‖∇Î − ∇I‖₁ with learnable content-sensitive weights (λ head).
 
@@ -221,25 +223,28 @@ def gradient_loss(
 
     ∇ is the official gradient map G = |gx| + |gy| (Sobel ÷8) per channel: magnitudes, because sigmoid
     weights in [0,1] cannot carry the sign of (F−B). The 1-channel α term broadcasts over RGB.
+    ``maps``: ``grad_magnitudes(alpha_hat, fg_hat, bg_hat, image)`` when the caller has them already
+    (``SIMLoss`` computes them once for L_g and L_e).
     """
     if form not in GRADIENT_FORMS:
         raise ValueError(f"gradient form must be one of {GRADIENT_FORMS}, got {form!r}")
     r1, r2, r3 = lambdas[:, 0:1], lambdas[:, 1:2], lambdas[:, 2:3]
     w_alpha, w_fg, w_bg = (r3, 1.0 - r2, r2) if form == "paper" else (r3, r1, r2)
-    g_alpha, g_fg, g_bg, g_image = grad_magnitudes(alpha_hat, fg_hat, bg_hat, image)
+    g_alpha, g_fg, g_bg, g_image = maps if maps is not None else grad_magnitudes(alpha_hat, fg_hat, bg_hat, image)
     pred = w_alpha * g_alpha + w_fg * g_fg + w_bg * g_bg
     return masked_mean(charbonnier(pred - g_image), unknown)
 
 
 def exclusion_loss(
-    alpha_hat: torch.Tensor, fg_hat: torch.Tensor, bg_hat: torch.Tensor, unknown: torch.Tensor
+    alpha_hat: torch.Tensor, fg_hat: torch.Tensor, bg_hat: torch.Tensor, unknown: torch.Tensor, *,
+    maps: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """L_e = (1/|U|) Σ_U ‖∇F̂‖₁‖∇B̂‖₁ + ‖∇α̂‖₁‖∇B̂‖₁ (paper; FBA's F–B exclusion plus an α–B term).
 
     Masked to the unknown region as the paper's formula writes it (the official code averages over
-    the whole image).
+    the whole image). ``maps``: the gradient maps of α̂, F̂, B̂ (first three), as for ``gradient_loss``.
     """
-    g_fg, g_alpha, g_b = grad_magnitudes(fg_hat, alpha_hat, bg_hat)
+    g_alpha, g_fg, g_b = maps[:3] if maps is not None else grad_magnitudes(alpha_hat, fg_hat, bg_hat)
     return masked_mean(g_fg * g_b + g_alpha * g_b, unknown)
 
 
@@ -443,8 +448,9 @@ class SIMLoss:
             t["fb_comp"] = fb_composition_loss(f_hat, b_hat, alpha, image, m["unknown"])
             t["fb_lap"] = fb_laplacian_loss(f_hat, b_hat, fg, bg, self.lap_levels)
             t["l_fb"] = t["fb_l1"] + t["fb_comp"] + t["fb_lap"]
-            t["grad"] = gradient_loss(image, a_hat, f_hat, b_hat, lam, m["unknown"], self.gradient_form)
-            t["excl"] = exclusion_loss(a_hat, f_hat, b_hat, m["unknown"])
+            maps = grad_magnitudes(a_hat, f_hat, b_hat, image)  # one Sobel pass for L_g and L_e
+            t["grad"] = gradient_loss(image, a_hat, f_hat, b_hat, lam, m["unknown"], self.gradient_form, maps=maps)
+            t["excl"] = exclusion_loss(a_hat, f_hat, b_hat, m["unknown"], maps=maps)
         else:
             t["l_fb"] = t["grad"] = t["excl"] = zero
         if discriminator is not None and (w.cls or w.feat):

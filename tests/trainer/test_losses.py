@@ -146,6 +146,13 @@ def test_one_pyramid_and_one_sobel_pass_equal_the_per_tensor_definitions():
         0.5 * float(two_pyramids(f_hat, fg) + two_pyramids(b_hat, bg)), rel=1e-5)
     for joined, single in zip(L.grad_magnitudes(a_hat, f_hat, b_hat), (a_hat, f_hat, b_hat)):
         assert torch.equal(joined, L.grad_magnitude(single))
+    # SIMLoss passes one set of maps to L_g and L_e: the same values as each computing its own
+    image, lam, unknown = fg, torch.rand(2, 3, 40, 48, generator=g), torch.rand(2, 1, 40, 48, generator=g) > 0.5
+    maps = L.grad_magnitudes(a_hat, f_hat, b_hat, image)
+    assert torch.equal(L.gradient_loss(image, a_hat, f_hat, b_hat, lam, unknown, maps=maps),
+                       L.gradient_loss(image, a_hat, f_hat, b_hat, lam, unknown))
+    assert torch.equal(L.exclusion_loss(a_hat, f_hat, b_hat, unknown, maps=maps),
+                       L.exclusion_loss(a_hat, f_hat, b_hat, unknown))
 
 
 # --------------------------------------------------------------------------- L_FB
