@@ -24,7 +24,7 @@ from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_in
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import PRECISION_AUTO, PRECISION_MODES, REFINE_BAND, REFINE_MODES, TRIMAP_UNKNOWN
-from backend.refinement import refine_alpha
+from backend.refinement import nonlocal_weight_for, refine_alpha
 from backend.semantic_trimap import (
     WINDOW_SIZES,
     class_shares,
@@ -493,9 +493,12 @@ class MattingPredictor:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
             # refinement and foreground estimation both need the float image: convert once
             image_f = as_float_image(rgb) if refine == REFINE_BAND or want_foreground else None
+            shares = class_shares(smap[i:i + 1, :, :h, :w].float(), self.classes) \
+                if want_semantic or refine == REFINE_BAND else None
             if refine == REFINE_BAND:
                 t4 = time.perf_counter()
-                alpha = refine_alpha(image_f, tri, alpha)
+                # the semantic trimap decides whether the colour model's nonlocal term applies (translucent)
+                alpha = refine_alpha(image_f, tri, alpha, nonlocal_weight=nonlocal_weight_for(shares))
                 timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t4
             fg = None
             if want_foreground:
@@ -504,7 +507,7 @@ class MattingPredictor:
             result = MattingResult(alpha=alpha, foreground=fg, timings=timings, tiles=n_tiles, batch=n)
             if want_semantic:
                 result.semantic = np.ascontiguousarray(smap[i, :, :h, :w].float().cpu().numpy())
-                result.class_shares = class_shares(smap[i:i + 1, :, :h, :w].float(), self.classes)
+                result.class_shares = shares
             results.append(result)
         timings["postprocess"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0

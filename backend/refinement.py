@@ -8,6 +8,11 @@ the Laplacian in the remaining band (the unsure pixels, widened by ``margin`` px
 also move an edge the network placed a pixel off). The band is a small part of the trimap's
 unknown region, so the sparse solve costs a fraction of full closed-form matting.
 
+The closed-form Laplacian only links pixels within a 3×3 window, so a band pixel learns about the foreground
+and background colours only through a chain of neighbours. A nonlocal term (KNN matting, Chen et al. 2013)
+also links each band pixel to the pixels of most similar colour anywhere in the crop, known ones included:
+a strand of hair pulls towards the known hair colour directly (:func:`nonlocal_laplacian_rows`).
+
 A confident pixel is only kept if its colour agrees: where a colour-sampling estimate (Shared Matting,
 :func:`colour_alpha`) contradicts the network's 0 or 1 by more than ``COLOUR_TOLERANCE``, the pixel joins
 the band, pulled towards that estimate. This catches the network's confident mistakes (holes it filled,
@@ -21,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -55,6 +60,18 @@ COLOUR_RADIUS = 2
 # preference for flat alpha: inside a hole ringed by sure pixels both "filled" and "empty" fit the colour
 # lines, and ε favours "filled". (Validation: 1e-4 1.635, 1e-3 1.607, 1e-2 1.487, 0.1 1.376, 1 1.405.)
 COLOUR_PRIOR = 0.1
+# The nonlocal term: each band pixel is linked to its nearest neighbours in (r, g, b, w·x, w·y) space (x, y in
+# units of the crop's longer side), one search per (count, w) pair: 20 with w = 1 (similar colour nearby) and
+# 10 with w = 0.05 (similar colour anywhere). Each link weighs NONLOCAL_WEIGHT / 30. Chosen on the validation
+# photos in session 11 (docs/bench/refinement_validation.md).
+NONLOCAL_WEIGHT = 0.2
+NONLOCAL_NEIGHBOURS = ((10, 1.0), (10, 0.05))
+# Classes whose unknown pixels are no mix of nearby opaque colours: the colour seen is the background through a
+# medium (glass, plastic, water, smoke). Similar colour elsewhere says little about their alpha, so the nonlocal
+# term is off for an image whose unknown region is mostly theirs (procedural smoke: SAD 19.0 → 25.9 with it on;
+# a weight that falls with the per-pixel share did not help: even 1 % of the weight costs smoke 5-10 %).
+TRANSLUCENT_CLASSES = frozenset({"glass_ice", "plastic_bag", "smoke_cloud", "water_drop"})
+TRANSLUCENT_LIMIT = 0.5
 # CG iterations before giving up on a tile (its band then keeps the network's alpha).
 MAX_ITERATIONS = 2000
 # The solve runs in tiles of TILE² px that contain band pixels, each with CONTEXT px around it whose outer
@@ -120,10 +137,57 @@ def contradicted_by_colour(alpha: np.ndarray, trimap: np.ndarray, colour: np.nda
     return (trimap == TRIMAP_UNKNOWN) & ~_unsure(alpha, sure) & (np.abs(colour - snapped) > tolerance)
 
 
+def nonlocal_weight_for(class_shares: Mapping[str, float], weight: float = NONLOCAL_WEIGHT) -> float:
+    """The nonlocal term's weight for an image whose unknown region has these class shares (as
+    ``MattingResult.class_shares``): 0 when :data:`TRANSLUCENT_CLASSES` hold at least ``TRANSLUCENT_LIMIT``
+    of it, else ``weight``."""
+    translucent = sum(share for name, share in class_shares.items() if name in TRANSLUCENT_CLASSES)
+    return 0.0 if translucent >= TRANSLUCENT_LIMIT else weight
+
+
+def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
+                            neighbours: tuple[tuple[int, float], ...] = NONLOCAL_NEIGHBOURS) -> sparse.csr_matrix:
+    """The ``band`` pixels' rows (B×N, N = H·W, in raster order of the band) of the graph Laplacian that links
+    each band pixel to its nearest neighbours in (r, g, b, w·x, w·y) space, one search of ``k`` neighbours per
+    ``(k, w)`` pair in ``neighbours``; x, y are in units of the crop's longer side. Each link weighs
+    ``weight`` / (total k) and is symmetric, so the whole matrix is positive semi-definite (KNN matting's
+    binary kernel). Only links from band pixels exist: the solve never needs the other rows."""
+    from pymatting import knn  # numba JIT: import only when refining
+
+    h, w = band.shape
+    n = h * w
+    inside = np.flatnonzero(band.ravel())
+    position = np.full(n, -1, np.int64)
+    position[inside] = np.arange(inside.size)
+    link = weight / sum(k for k, _ in neighbours)
+    scale = 1.0 / max(h - 1, w - 1, 1)
+    yy, xx = np.mgrid[0:h, 0:w]
+    feats = np.empty((n, 5), np.float32)
+    feats[:, :3] = image.reshape(n, 3)
+    src, dst = [], []
+    for k, xy_weight in neighbours:
+        feats[:, 3] = xx.ravel() * (xy_weight * scale)
+        feats[:, 4] = yy.ravel() * (xy_weight * scale)
+        _, idx = knn(feats, feats[inside], k=min(k, n))
+        src.append(np.repeat(np.arange(inside.size), idx.shape[1]))
+        dst.append(idx.ravel())
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    keep = inside[src] != dst  # a pixel is its own nearest neighbour: a self-link adds nothing
+    src, dst = src[keep], dst[keep]
+    wgt = np.full(src.size, link)
+    back = position[dst]  # the far end's row, where it is a band pixel too
+    both = back >= 0
+    rows = np.concatenate([src, src, back[both], back[both]])
+    cols = np.concatenate([inside[src], dst, dst[both], inside[src[both]]])
+    vals = np.concatenate([wgt, -wgt, wgt[both], -wgt[both]])
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(inside.size, n))
+
+
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
                  margin: int = MARGIN, colour_tolerance: float | None = COLOUR_TOLERANCE,
                  epsilon: float = EPSILON, prior: float = PRIOR, colour_prior: float = COLOUR_PRIOR,
-                 max_iterations: int = MAX_ITERATIONS, tile: int = TILE, context: int = CONTEXT) -> np.ndarray:
+                 nonlocal_weight: float = NONLOCAL_WEIGHT, max_iterations: int = MAX_ITERATIONS, tile: int = TILE,
+                 context: int = CONTEXT) -> np.ndarray:
     """Re-solve ``alpha`` in the network's unsure band under the closed-form matting Laplacian.
 
     Args:
@@ -135,6 +199,8 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
         epsilon: the Laplacian's regulariser.
         prior: weight of the pull towards the network's alpha inside the band.
         colour_prior: weight of the pull towards the colour alpha on contradicted pixels.
+        nonlocal_weight: weight of the nonlocal (KNN) term added to the Laplacian (:func:`nonlocal_weight_for`
+            from the semantic trimap); 0: the closed-form Laplacian alone.
         max_iterations: CG iterations per tile before giving up on that tile.
         tile, context: tiling of the solve (see ``TILE``).
 
@@ -168,7 +234,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
             crop_band[:, 0] &= cx0 == 0
             crop_band[:, -1] &= cx1 == w
             solved = _solve(image[cy0:cy1, cx0:cx1], out[cy0:cy1, cx0:cx1], crop_band, epsilon,
-                            weights[cy0:cy1, cx0:cx1], max_iterations)
+                            weights[cy0:cy1, cx0:cx1], max_iterations, nonlocal_weight)
             if solved is None:
                 solved, cy0, cx0 = alpha, 0, 0  # this tile keeps the network's alpha
             out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]
@@ -182,9 +248,10 @@ def _spans(n: int, tile: int, context: int) -> list[tuple[int, int]]:
 
 
 def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: float, prior: np.ndarray,
-           max_iterations: int) -> np.ndarray | None:
+           max_iterations: int, nonlocal_weight: float = 0.0) -> np.ndarray | None:
     """One crop: alpha in ``band`` (H×W bool) given ``current`` everywhere else, pulled towards ``current``
-    in the band with per-pixel weights ``prior``; None if CG does not converge."""
+    in the band with per-pixel weights ``prior``, under the closed-form Laplacian plus ``nonlocal_weight`` ×
+    the nonlocal term (:func:`nonlocal_laplacian_rows`); None if CG does not converge."""
     from pymatting import cf_laplacian, cg  # numba JIT: import only when refining
 
     inside = band.ravel()
@@ -201,10 +268,18 @@ def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: fl
     rows = lap[inside, :]
     x0 = values[inside]
     weights = prior.ravel()[inside].astype(np.float64)
-    lap_band = (rows[:, inside] + sparse.diags(weights, format="csr")).tocsr()
+    local_band = (rows[:, inside] + sparse.diags(weights, format="csr")).tocsr()
+    lap_band = local_band
+    if nonlocal_weight > 0:
+        nonlocal_rows = nonlocal_laplacian_rows(image, band, nonlocal_weight)
+        rows = rows + nonlocal_rows
+        lap_band = (local_band + nonlocal_rows[:, inside]).tocsr()
+        # Factorise only the local part (plus the nonlocal diagonal): the nonlocal links reach across the crop,
+        # and an incomplete Cholesky of them fills in (5 s instead of 0.3 s on a 40 % band); CG makes up the rest.
+        local_band = (local_band + sparse.diags(nonlocal_rows[:, inside].diagonal())).tocsr()
     rhs = weights * x0 - rows[:, outside].dot(values[outside])
     try:
-        solved = cg(lap_band, rhs, x0=x0, M=_preconditioner(lap_band), rtol=1e-5, maxiter=max_iterations)
+        solved = cg(lap_band, rhs, x0=x0, M=_preconditioner(local_band), rtol=1e-5, maxiter=max_iterations)
     except ValueError as exc:  # pymatting's "did not converge"
         log.warning("refinement of a %d-px band skipped: %s", int(inside.sum()), exc)
         return None

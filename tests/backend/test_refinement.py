@@ -16,8 +16,11 @@ from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from backend.refinement import (
     EPSILON_FALLBACK,
+    TRANSLUCENT_CLASSES,
     colour_alpha,
     contradicted_by_colour,
+    nonlocal_laplacian_rows,
+    nonlocal_weight_for,
     refine_alpha,
     refinement_band,
 )
@@ -157,9 +160,10 @@ def test_predictor_refine_modes() -> None:
     predictor = MattingPredictor(build_model("sim_tiny"), build_model("classifier_tiny"), device="cpu")
     image, trimap, _ = make_example()
     off = predictor.predict(image, trimap, refine="off")
-    band = predictor.predict(image, trimap)
+    band = predictor.predict(image, trimap, want_semantic=True)
     assert predictor.refine == P.REFINE_BAND and "refine" in band.timings and "refine" not in off.timings
-    expected = refine_alpha(image.astype(np.float32) / 255, trimap, off.alpha)
+    expected = refine_alpha(image.astype(np.float32) / 255, trimap, off.alpha,
+                            nonlocal_weight=nonlocal_weight_for(band.class_shares))
     np.testing.assert_array_equal(band.alpha, expected)
     [batched] = predictor.predict_batch([image], [trimap])
     np.testing.assert_array_equal(batched.alpha, band.alpha)
@@ -197,3 +201,38 @@ def test_colour_check_is_skipped_without_known_foreground_or_background(missing:
         warnings.simplefilter("error")
         np.testing.assert_array_equal(refine_alpha(image, trimap, net),
                                       refine_alpha(image, trimap, net, colour_tolerance=None))
+
+
+def test_nonlocal_rows_are_a_symmetric_laplacian_of_links_that_touch_the_band() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((24, 30, 3)).astype(np.float32)
+    band = np.zeros((24, 30), bool)
+    band[8:16, 5:25] = True
+    rows = nonlocal_laplacian_rows(image, band, 0.2)
+    inside = np.flatnonzero(band.ravel())
+    assert rows.shape == (inside.size, image.shape[0] * image.shape[1])
+    np.testing.assert_allclose(np.asarray(rows.sum(axis=1)).ravel(), 0.0, atol=1e-12)  # rows of a Laplacian
+    block = rows[:, inside].toarray()
+    np.testing.assert_allclose(block, block.T, atol=1e-12)
+    assert np.linalg.eigvalsh(block).min() > -1e-10  # with the outside held, positive semi-definite
+    # 2 × 10 links of weight 0.2 / 20 leave each band pixel (at most one self-link per search is dropped);
+    # more arrive from other band pixels
+    assert (block.diagonal() >= 0.2 * 18 / 20 - 1e-9).all()
+    assert (np.abs(rows[:, ~band.ravel()]).sum(axis=1) > 0).any()  # links reach the held pixels too
+
+
+def test_nonlocal_term_is_off_for_mostly_translucent_unknown_regions() -> None:
+    assert nonlocal_weight_for({"hair_easy": 0.7, "smoke_cloud": 0.3}, 0.2) == 0.2
+    assert nonlocal_weight_for({"hair_easy": 0.4, "smoke_cloud": 0.35, "glass_ice": 0.25}, 0.2) == 0.0
+    assert nonlocal_weight_for({"my_custom_class": 1.0}, 0.2) == 0.2  # custom classes: opaque unless named
+    assert {"glass_ice", "plastic_bag", "smoke_cloud", "water_drop"} == TRANSLUCENT_CLASSES
+
+
+def test_nonlocal_term_recovers_strands_from_colours_elsewhere() -> None:
+    """Strands far below the edge, with no sure pixel near them: the local Laplacian has only the blurry
+    prior to go by, the nonlocal term links them to the object's known colour."""
+    image, trimap, gt = strands_scene()
+    net = blurry_network(gt, trimap)
+    local = sad_error(refine_alpha(image, trimap, net, nonlocal_weight=0.0), gt, trimap)
+    both = sad_error(refine_alpha(image, trimap, net), gt, trimap)
+    assert both < local, (both, local)
