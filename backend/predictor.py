@@ -23,7 +23,14 @@ from backend import processing
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
-from backend.protocol import PRECISION_AUTO, PRECISION_MODES, REFINE_BAND, REFINE_MODES, TRIMAP_UNKNOWN
+from backend.protocol import (
+    PRECISION_AUTO,
+    PRECISION_MODES,
+    REFINE_MODES,
+    REFINE_NONLOCAL,
+    REFINE_OFF,
+    TRIMAP_UNKNOWN,
+)
 from backend.refinement import nonlocal_weight_for, refine_alpha
 from backend.semantic_trimap import (
     WINDOW_SIZES,
@@ -164,7 +171,9 @@ class MattingPredictor:
             shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
         refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
-            unsure (``backend.refinement``, on the CPU); "off" returns the network's alpha.
+            unsure (``backend.refinement``, on the CPU); "nonlocal" adds a KNN-matting term to that solve
+            (lower error on hair and fur, about 1.5x the CPU time; off for translucent classes); "off" returns
+            the network's alpha.
         fuse_relu: with ``optimize``, run the ResNet blocks with conv+bias+ReLU fused in cuDNN
             (``accel.fuse_conv_relu``): None = on CUDA (the CPU has no such kernels).
     """
@@ -403,7 +412,7 @@ class MattingPredictor:
             tile: per-call override of the predictor's tiling (None = predictor setting).
             trimap_mode: per-call override of "strict" / "tolerant".
             semantic: False runs with an all-zero semantic trimap (the ablation without the classifier).
-            refine: per-call override of the predictor's refinement ("band" / "off").
+            refine: per-call override of the predictor's refinement ("band" / "nonlocal" / "off").
             progress: callback(fraction in [0,1], stage name).
         """
         return self._predict([image], [trimap], classes=classes, want_foreground=want_foreground,
@@ -492,13 +501,14 @@ class MattingPredictor:
             else:
                 alpha = processing.finalize_alpha(alpha_t[i, 0, :h, :w].float().cpu().numpy(), tri)
             # refinement and foreground estimation both need the float image: convert once
-            image_f = as_float_image(rgb) if refine == REFINE_BAND or want_foreground else None
+            image_f = as_float_image(rgb) if refine != REFINE_OFF or want_foreground else None
             shares = class_shares(smap[i:i + 1, :, :h, :w].float(), self.classes) \
-                if want_semantic or refine == REFINE_BAND else None
-            if refine == REFINE_BAND:
+                if want_semantic or refine == REFINE_NONLOCAL else None
+            if refine != REFINE_OFF:
                 t4 = time.perf_counter()
-                # the semantic trimap decides whether the colour model's nonlocal term applies (translucent)
-                alpha = refine_alpha(image_f, tri, alpha, nonlocal_weight=nonlocal_weight_for(shares))
+                # the semantic trimap decides whether the nonlocal term applies (not to translucent matter)
+                alpha = refine_alpha(image_f, tri, alpha,
+                                     nonlocal_weight=nonlocal_weight_for(shares) if refine == REFINE_NONLOCAL else 0.0)
                 timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t4
             fg = None
             if want_foreground:

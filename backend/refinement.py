@@ -186,7 +186,7 @@ def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
                  margin: int = MARGIN, colour_tolerance: float | None = COLOUR_TOLERANCE,
                  epsilon: float = EPSILON, prior: float = PRIOR, colour_prior: float = COLOUR_PRIOR,
-                 nonlocal_weight: float = NONLOCAL_WEIGHT, max_iterations: int = MAX_ITERATIONS, tile: int = TILE,
+                 nonlocal_weight: float = 0.0, max_iterations: int = MAX_ITERATIONS, tile: int = TILE,
                  context: int = CONTEXT) -> np.ndarray:
     """Re-solve ``alpha`` in the network's unsure band under the closed-form matting Laplacian.
 

@@ -60,11 +60,11 @@ def test_shipped_pipeline_beats_closed_form_on_the_validation_photos(predictor: 
                                                                      alphamatting: Path) -> None:
     """The default model + refinement against plain closed-form matting on the model-selection photos (never
     the held-out ones), Trimap1, scored as the report does (8-bit, known regions forced). Session 11: mean SAD
-    0.98 against CF's 1.51, 1.10 with the local (closed-form) Laplacian alone and 2.26 for the network alone."""
+    1.10 with the default refinement and 0.98 with ``refine="nonlocal"``, against CF's 1.51 and 2.26 for the
+    network alone."""
     from pymatting import estimate_alpha_cf
 
     from backend.evaluation import evaluate, find_samples, validation_samples
-    from backend.refinement import refine_alpha
 
     samples = validation_samples(find_samples(alphamatting, trimap_set="trimap1"))
     assert [s.name for s in samples] == ["GT01", "GT10", "GT19"]
@@ -73,7 +73,7 @@ def test_shipped_pipeline_beats_closed_form_on_the_validation_photos(predictor: 
                    warm_up=False).summary["overall"]["sad"]
     cf = evaluate(lambda img, tri, _: estimate_alpha_cf(img.astype(np.float64), tri / 255.0), samples,
                   warm_up=False).summary["overall"]["sad"]
-    local = evaluate(lambda img, tri, _: refine_alpha(img, tri, predictor.predict(img, tri, refine="off").alpha,
-                                                      nonlocal_weight=0.0), samples, warm_up=False)
-    local = local.summary["overall"]["sad"]
-    assert ours < 0.7 * cf and ours < 0.93 * local and ours < 0.5 * net, (ours, cf, local, net)
+    knn = evaluate(lambda img, tri, _: predictor.predict(img, tri, refine="nonlocal").alpha, samples,
+                   warm_up=False).summary["overall"]["sad"]
+    assert ours < 0.8 * cf and ours < 0.6 * net, (ours, cf, net)
+    assert knn < 0.93 * ours, (knn, ours)

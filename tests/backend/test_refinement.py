@@ -16,6 +16,7 @@ from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from backend.refinement import (
     EPSILON_FALLBACK,
+    NONLOCAL_WEIGHT,
     TRANSLUCENT_CLASSES,
     colour_alpha,
     contradicted_by_colour,
@@ -160,11 +161,13 @@ def test_predictor_refine_modes() -> None:
     predictor = MattingPredictor(build_model("sim_tiny"), build_model("classifier_tiny"), device="cpu")
     image, trimap, _ = make_example()
     off = predictor.predict(image, trimap, refine="off")
-    band = predictor.predict(image, trimap, want_semantic=True)
+    band = predictor.predict(image, trimap)
     assert predictor.refine == P.REFINE_BAND and "refine" in band.timings and "refine" not in off.timings
-    expected = refine_alpha(image.astype(np.float32) / 255, trimap, off.alpha,
-                            nonlocal_weight=nonlocal_weight_for(band.class_shares))
-    np.testing.assert_array_equal(band.alpha, expected)
+    image_f = image.astype(np.float32) / 255
+    np.testing.assert_array_equal(band.alpha, refine_alpha(image_f, trimap, off.alpha))
+    knn = predictor.predict(image, trimap, refine=P.REFINE_NONLOCAL, want_semantic=True)
+    expected = refine_alpha(image_f, trimap, off.alpha, nonlocal_weight=nonlocal_weight_for(knn.class_shares))
+    np.testing.assert_array_equal(knn.alpha, expected)
     [batched] = predictor.predict_batch([image], [trimap])
     np.testing.assert_array_equal(batched.alpha, band.alpha)
     with pytest.raises(ValueError, match="refine"):
@@ -234,5 +237,5 @@ def test_nonlocal_term_recovers_strands_from_colours_elsewhere() -> None:
     image, trimap, gt = strands_scene()
     net = blurry_network(gt, trimap)
     local = sad_error(refine_alpha(image, trimap, net, nonlocal_weight=0.0), gt, trimap)
-    both = sad_error(refine_alpha(image, trimap, net), gt, trimap)
+    both = sad_error(refine_alpha(image, trimap, net, nonlocal_weight=NONLOCAL_WEIGHT), gt, trimap)
     assert both < local, (both, local)
