@@ -463,7 +463,8 @@ class MattingPredictor:
             inputs = processing.NetworkInputs.cat([
                 processing.build_inputs(processing.pad_reflect(as_float_image(rgb), ph, pw),
                                         processing.pad_reflect(tri, ph, pw), self.device)
-                for rgb, tri in zip(rgbs, tris)])
+                for rgb, tri in zip(rgbs, tris)]).for_network(
+                    low or torch.float32, torch.channels_last if self.channels_last else torch.contiguous_format)
         hp, wp = h + ph, w + pw
         timings = {"preprocess": self._elapsed(t0)}
         report(0.05, "preprocess")

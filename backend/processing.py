@@ -299,6 +299,16 @@ class NetworkInputs:
     def crop(self, y0: int, y1: int, x0: int, x1: int) -> NetworkInputs:
         return NetworkInputs(*(t[..., y0:y1, x0:x1] for t in self.tensors()))
 
+    def for_network(self, dtype: torch.dtype = torch.float32,
+                    memory_format: torch.memory_format = torch.contiguous_format) -> NetworkInputs:
+        """The four network inputs stored in ``dtype`` (bf16/fp16 for low-precision inference: the autocast
+        convolutions would cast them anyway, so the alpha is unchanged, and the decoder's full-resolution
+        concatenation with them no longer promotes its bf16 features to float32) and ``memory_format``."""
+        as_input = {"dtype": dtype, "memory_format": memory_format}
+        return NetworkInputs(image=self.image.to(**as_input), image_n=self.image_n.to(**as_input),
+                             trimap2=self.trimap2.to(**as_input), trimap_gauss=self.trimap_gauss.to(**as_input),
+                             trimap=self.trimap)
+
     @staticmethod
     def cat(parts: Sequence[NetworkInputs]) -> NetworkInputs:
         """Stack equally sized inputs along the batch dimension (one forward pass for several images)."""
@@ -333,16 +343,12 @@ def build_inputs_torch(image: torch.Tensor, trimap: torch.Tensor, *, gauss_metho
     """``build_inputs`` on the device: image N×3×H×W float32 in [0,1] and trimap N×1×H×W uint8, both padded
     and already on the device. The distance transform runs there too (``trimap_gaussian_torch``).
 
-    ``dtype`` stores the five network inputs in bf16/fp16 for low-precision inference (half the memory);
-    the autocast convolutions would cast them to that dtype anyway, so the alpha is unchanged.
-    ``memory_format``: channels-last for a channels-last network (the same values, another layout).
+    ``dtype``, ``memory_format``: see :meth:`NetworkInputs.for_network`.
     """
     t2 = torch.cat([trimap == TRIMAP_BG, trimap == TRIMAP_FG], dim=1).float()
     gauss = trimap_gaussian_torch(t2, method=gauss_method)
-    image_n = normalize_image(image)
-    as_input = {"dtype": dtype, "memory_format": memory_format}
-    return NetworkInputs(image=image.to(**as_input), image_n=image_n.to(**as_input), trimap2=t2.to(**as_input),
-                         trimap_gauss=gauss.to(**as_input), trimap=trimap.float())
+    return NetworkInputs(image=image, image_n=normalize_image(image), trimap2=t2, trimap_gauss=gauss,
+                         trimap=trimap.float()).for_network(dtype, memory_format)
 
 
 def finalize_alpha_torch(alpha: torch.Tensor, trimap: torch.Tensor) -> torch.Tensor:
