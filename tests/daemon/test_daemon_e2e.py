@@ -52,3 +52,5 @@ def test_daemon_matte_equals_in_process(daemon):
         raw = c.matte(image, trimap, refine="off", timeout=60)
         np.testing.assert_array_equal(raw["alpha"], predictor.predict(image, trimap, refine="off").alpha)
         assert "refine" in remote["meta"]["timings"] and "refine" not in raw.meta["timings"]
+        knn = c.matte(image, trimap, refine="nonlocal", timeout=60)
+        np.testing.assert_array_equal(knn["alpha"], predictor.predict(image, trimap, refine="nonlocal").alpha)
