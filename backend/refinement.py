@@ -61,9 +61,9 @@ COLOUR_RADIUS = 2
 # lines, and ε favours "filled". (Validation: 1e-4 1.635, 1e-3 1.607, 1e-2 1.487, 0.1 1.376, 1 1.405.)
 COLOUR_PRIOR = 0.1
 # The nonlocal term: each band pixel is linked to its nearest neighbours in (r, g, b, w·x, w·y) space (x, y in
-# units of the crop's longer side), one search per (count, w) pair: 20 with w = 1 (similar colour nearby) and
-# 10 with w = 0.05 (similar colour anywhere). Each link weighs NONLOCAL_WEIGHT / 30. Chosen on the validation
-# photos in session 11 (docs/bench/refinement_validation.md).
+# units of the crop's longer side), one search per (count, w) pair: 10 with w = 1 (similar colour nearby) and
+# 10 with w = 0.05 (similar colour anywhere). Each link weighs NONLOCAL_WEIGHT / 20. Chosen on the validation
+# photos in session 11 (docs/bench/refinement_validation.md); used by refine="nonlocal".
 NONLOCAL_WEIGHT = 0.2
 NONLOCAL_NEIGHBOURS = ((10, 1.0), (10, 0.05))
 # Classes whose unknown pixels are no mix of nearby opaque colours: the colour seen is the background through a
