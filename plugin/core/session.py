@@ -76,7 +76,7 @@ class MatteInput:
     class_override: str = ""
     want_foreground: bool = False
     want_semantic: bool = False
-    refine: bool = True  # closed-form re-solve of alpha where the network is unsure (on the daemon)
+    refine: str = P.REFINE_BAND  # the daemon's alpha refinement (Settings.refine_mode)
 
 
 @dataclass
@@ -169,7 +169,7 @@ def run_matte(
         "outputs": outputs,
         "alpha_dtype": "u1",
         "classes": [job.class_override] if job.class_override else None,
-        "refine": P.REFINE_BAND if job.refine else P.REFINE_OFF,
+        "refine": job.refine,
     }
     if progress:
         progress("sending", 0.0)

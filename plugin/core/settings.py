@@ -37,6 +37,7 @@ class Settings:
     output: str = "mask"
     semantic_preview: bool = False  # also add a layer showing the semantic map / class shares
     refine_edges: bool = True  # daemon re-solves alpha where the network is unsure (protocol option "refine")
+    nonlocal_edges: bool = False  # ... with the nonlocal term: slower, better hair and fur (refine "nonlocal")
     timeout_s: float = 120.0  # whole request deadline
     connect_timeout_s: float = 3.0  # "is the daemon there?" probe
 
@@ -58,6 +59,7 @@ class Settings:
             "output": lambda v: v in OUTPUT_MODES,
             "semantic_preview": lambda v: isinstance(v, bool),
             "refine_edges": lambda v: isinstance(v, bool),
+            "nonlocal_edges": lambda v: isinstance(v, bool),
             "timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 3600,
             "connect_timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 60,
         }
@@ -65,6 +67,14 @@ class Settings:
             if not checks[f.name](getattr(out, f.name)):
                 setattr(out, f.name, getattr(d, f.name))
         return out
+
+    def refine_mode(self) -> str:
+        """The protocol's ``refine`` option these settings ask for."""
+        from backend import protocol as P  # lazily, as default_server: settings load without the backend
+
+        if not self.refine_edges:
+            return P.REFINE_OFF
+        return P.REFINE_NONLOCAL if self.nonlocal_edges else P.REFINE_BAND
 
     # -- persistence ------------------------------------------------------------------------------
     def to_json(self) -> str:

@@ -151,7 +151,8 @@ def prepare_case(tmp: Path, name: str = "GT01", scale: int = 2) -> dict:
 
 
 def direct_alpha(
-    address: str, image_png: str, trimap: bytes, *, foreground: bool = False, classes: list[str] | None = None
+    address: str, image_png: str, trimap: bytes, *, foreground: bool = False, classes: list[str] | None = None,
+    refine: str | None = None,
 ):
     """The daemon's own answer for the same input, through the client library (numpy on the test side)."""
     import numpy as np
@@ -163,7 +164,7 @@ def direct_alpha(
     tri = np.frombuffer(trimap, np.uint8).reshape(rgb.shape[:2])
     outputs = ("alpha", "foreground") if foreground else ("alpha",)
     with Client(address, as_numpy=True) as c:
-        rep = c.matte(rgb, tri, outputs=outputs, alpha_dtype="u1", timeout=120, classes=classes)
+        rep = c.matte(rgb, tri, outputs=outputs, alpha_dtype="u1", timeout=120, classes=classes, refine=refine)
     return rep.arrays["alpha"], rep.arrays.get("foreground"), rgb
 
 

@@ -122,11 +122,12 @@ def test_alpha_conversions() -> None:
 def test_settings_roundtrip_and_fallbacks() -> None:
     s = settings.Settings(server="tcp://127.0.0.1:1", band=7, output="layer")
     assert settings.Settings.from_json(s.to_json()) == s
-    bad = json.dumps({"band": -4, "output": "nope", "server": 12, "timeout_s": "x", "refine_edges": "yes", "extra": 1})
+    bad = json.dumps({"band": -4, "output": "nope", "server": 12, "timeout_s": "x", "refine_edges": "yes",
+                      "nonlocal_edges": 1, "extra": 1})
     s2 = settings.Settings.from_json(bad)
     d = settings.Settings()
-    assert (s2.band, s2.output, s2.server, s2.timeout_s, s2.refine_edges) == (
-        d.band, d.output, d.server, d.timeout_s, d.refine_edges)
+    assert (s2.band, s2.output, s2.server, s2.timeout_s, s2.refine_edges, s2.nonlocal_edges) == (
+        d.band, d.output, d.server, d.timeout_s, d.refine_edges, d.nonlocal_edges)
     assert settings.Settings.from_json("not json") == d
 
 

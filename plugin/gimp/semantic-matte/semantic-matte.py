@@ -134,7 +134,7 @@ def _read_inputs(image, layer, s: Settings) -> session.MatteInput:
         s.class_override,
         want_foreground=s.output == "layer",
         want_semantic=s.semantic_preview and preview.semantic_fits(w, h, len(SIMD_CLASSES)),
-        refine=s.refine_edges,
+        refine=s.refine_mode(),
     )
 
 
@@ -331,6 +331,7 @@ def run(procedure, run_mode, image, drawables, config, data):
         output=config.get_property("output"),
         semantic_preview=config.get_property("semantic-preview"),
         refine_edges=config.get_property("refine-edges"),
+        nonlocal_edges=config.get_property("nonlocal-edges"),
         timeout_s=config.get_property("timeout"),
     ).validated()
     Gimp.progress_init("Semantic Matte")
@@ -434,6 +435,13 @@ class SemanticMatte(Gimp.PlugIn):
             "_Refine fine edges",
             "Re-solve alpha with closed-form matting where the network is unsure (strands, holes)",
             True,
+            rw,
+        )
+        p.add_boolean_argument(
+            "nonlocal-edges",
+            "_Nonlocal edges (slower)",
+            "Refine with a nonlocal colour term too: better hair and fur, about 1.5x the time",
+            False,
             rw,
         )
         p.add_double_argument(

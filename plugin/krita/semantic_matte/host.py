@@ -106,7 +106,7 @@ def read_inputs(t: Target, s: Settings, num_classes: int = 20) -> MatteInput:
         s.class_override,
         want_foreground=s.output == "layer",
         want_semantic=s.semantic_preview and preview.semantic_fits(w, h, num_classes),
-        refine=s.refine_edges,
+        refine=s.refine_mode(),
     )
 
 

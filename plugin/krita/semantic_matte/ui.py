@@ -74,6 +74,8 @@ class MattePanel(QWidget):
         form.addRow("", self.preview)
         self.refine = QCheckBox("Refine fine edges (closed-form, where the network is unsure)")
         form.addRow("", self.refine)
+        self.nonlocal_edges = QCheckBox("Nonlocal edges (slower; better hair and fur)")
+        form.addRow("", self.nonlocal_edges)
         self.timeout = QSpinBox()
         self.timeout.setRange(1, 3600)
         self.timeout.setSuffix(" s")
@@ -119,6 +121,7 @@ class MattePanel(QWidget):
         self.output.currentIndexChanged.connect(lambda _: self._save())
         self.preview.toggled.connect(lambda _: self._save())
         self.refine.toggled.connect(lambda _: self._save())
+        self.nonlocal_edges.toggled.connect(lambda _: self._save())
         self.timeout.valueChanged.connect(lambda _: self._save())
 
     # -- settings <-> widgets ---------------------------------------------------------------------
@@ -131,6 +134,7 @@ class MattePanel(QWidget):
         self.output.setCurrentIndex(max(0, self.output.findData(s.output)))
         self.preview.setChecked(s.semantic_preview)
         self.refine.setChecked(s.refine_edges)
+        self.nonlocal_edges.setChecked(s.nonlocal_edges)
         self.timeout.setValue(int(s.timeout_s))
         self._sync_enabled()
         self._loading = False
@@ -144,6 +148,7 @@ class MattePanel(QWidget):
         by_layer = self.source.currentData() == "layer"
         self.band.setEnabled(not by_layer)
         self.trimap_layer.setEnabled(by_layer)
+        self.nonlocal_edges.setEnabled(self.refine.isChecked())
 
     def _save(self) -> None:
         if getattr(self, "_loading", False):
@@ -164,6 +169,7 @@ class MattePanel(QWidget):
             output=self.output.currentData(),
             semantic_preview=self.preview.isChecked(),
             refine_edges=self.refine.isChecked(),
+            nonlocal_edges=self.nonlocal_edges.isChecked(),
             timeout_s=float(self.timeout.value()),
         )
 

@@ -33,7 +33,7 @@ def load(precision):
     return img, layer, w, h
 
 
-def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass=""):
+def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass="", nonlocal_edges=False):
     proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-matte")
     c = proc.create_config()
     c.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -45,6 +45,7 @@ def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass=""
     c.set_property("timeout", timeout)
     c.set_property("semantic-preview", preview)
     c.set_property("custom-class", klass)
+    c.set_property("nonlocal-edges", nonlocal_edges)
     t0 = time.time()
     res = proc.run(c)
     return res.index(0), time.time() - t0, Gimp.get_pdb().get_last_error()
@@ -57,12 +58,14 @@ try:
         ("u16", "u16", "mask", ""),
         ("float", "float", "layer", ""),
         ("fur", "u8", "mask", "fur"),
+        ("nonlocal", "u8", "mask", ""),
     )
     for name, precision, output, klass in cases:
         img, layer, w, h = load(precision)
         if klass:  # a first run leaves a mask; the class run must replace it, not fail or blend
             run(img, layer, cfg["server"], output)
-        status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer", klass=klass)
+        status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer", klass=klass,
+                                nonlocal_edges=name == "nonlocal")
         case = {
             "status": status.value_nick,
             "seconds": round(secs, 2),

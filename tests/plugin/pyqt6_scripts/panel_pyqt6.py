@@ -64,10 +64,14 @@ assert panel.klass.count() == 1 + len(ctl.status.classes) and len(ctl.status.cla
 # 2. Widgets -> settings -> Krita's store, and a second panel (the docker) follows.
 docker = MattePanel(ctl)
 panel.band.setValue(37)
+panel.nonlocal_edges.setChecked(True)
+saved = Settings.from_json(store.readSetting(SETTINGS_GROUP, "settings", "{}"))
+assert saved.refine_mode() == "nonlocal" and docker.nonlocal_edges.isChecked(), saved
 panel.refine.setChecked(False)
 panel.klass.setCurrentIndex(2)
 saved = Settings.from_json(store.readSetting(SETTINGS_GROUP, "settings", "{}"))
 assert (saved.band, saved.refine_edges, saved.class_override) == (37, False, ctl.status.classes[1]), saved
+assert saved.refine_mode() == "off" and not panel.nonlocal_edges.isEnabled()  # nonlocal only refines
 assert (docker.band.value(), docker.refine.isChecked()) == (37, False)
 
 # 3. A real matte request in a BackgroundJob: progress and result arrive on the GUI thread.
