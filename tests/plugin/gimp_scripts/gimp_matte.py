@@ -58,7 +58,7 @@ try:
         ("u16", "u16", "mask", ""),
         ("float", "float", "layer", ""),
         ("fur", "u8", "mask", "fur"),
-        ("nonlocal", "u8", "mask", ""),
+        ("nonlocal", "u8", "mask", "fur"),
     )
     for name, precision, output, klass in cases:
         img, layer, w, h = load(precision)
