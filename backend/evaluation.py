@@ -292,6 +292,14 @@ def _check_prediction(pred: Any, shape: tuple[int, int], name: str) -> np.ndarra
     return arr
 
 
+def closed_form_alpha(image: np.ndarray, trimap: np.ndarray, group: str = "") -> np.ndarray:
+    """The classical baseline the reports compare against, as a :data:`PredictFn`: pymatting's closed-form
+    matting (Levin et al. 2008) over the whole unknown region."""
+    from pymatting import estimate_alpha_cf  # numba JIT: import only when used
+
+    return estimate_alpha_cf(image.astype(np.float64), trimap / 255.0)
+
+
 def evaluate(
     predict_fn: PredictFn,
     samples: Sequence[Sample],

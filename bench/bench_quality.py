@@ -52,13 +52,6 @@ def sad_ratios(result: evaluation.EvalResult, reference: evaluation.EvalResult) 
     return [r.metrics["sad"] / c.metrics["sad"] for r, c in zip(result.results, reference.results)]
 
 
-def closed_form(samples: list) -> evaluation.EvalResult:
-    """pymatting's closed-form matting on ``samples``, timed like the pipeline (same process, same machine)."""
-    from pymatting import estimate_alpha_cf
-
-    return evaluation.evaluate(lambda img, tri, _: estimate_alpha_cf(img.astype(np.float64), tri / 255.0), samples)
-
-
 def run(predictor: MattingPredictor, samples: list, semantic: bool, out_dir: Path | None, title: str,
         refine: str | None = None):
     result = evaluation.evaluate(
@@ -130,13 +123,13 @@ def main() -> None:
         abl = run(predictor, samples, False, None, "")
         net = run(predictor, samples, True, None, "", refine=REFINE_OFF) if args.refine != REFINE_OFF else res
         knn = run(predictor, samples, True, None, "", refine=REFINE_NONLOCAL) if args.refine == REFINE_BAND else None
-        cf = closed_form(samples)
+        cf = evaluation.evaluate(evaluation.closed_form_alpha, samples)  # timed like the pipeline, same machine
         lines.append(f"\n## Held-out alphamatting images, {tset.capitalize()}\n")
         lines.append("| image | SAD | MSE×10³ | Grad | Conn | time s | CF SAD | CF MSE×10³ | CF time s | SAD / CF "
                      "| no semantic SAD | network alone SAD | network alone time s | nonlocal SAD | nonlocal time s |")
         lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-        for i, (r, c, a, nr, ratio) in enumerate(zip(res.results, cf.results, abl.results, net.results,
-                                                     sad_ratios(res, cf))):
+        ratios = sad_ratios(res, cf)
+        for i, (r, c, a, nr, ratio) in enumerate(zip(res.results, cf.results, abl.results, net.results, ratios)):
             m = r.metrics
             nl = f"{knn.results[i].metrics['sad']:.2f} | {knn.results[i].time_s:.2f}" if knn else "| "
             lines.append(f"| {r.sample.name} | {m['sad']:.2f} | {m['mse']:.2f} | {m['grad']:.2f} | {m['conn']:.2f} | "
@@ -149,7 +142,7 @@ def main() -> None:
                      f"{net.summary['overall']['time']:.2f} | "
                      + (f"**{nls['sad']:.2f}** | {nls['time']:.2f} |" if nls else "| |"))
         goal = TARGET_RATIO * c["sad"]
-        worst = max(sad_ratios(res, cf))
+        worst = max(ratios)
         lines.append(f"\nGoal mean SAD ≤ {goal:.2f} (0.8 × CF): **{'met' if s['sad'] <= goal else 'not met'}** "
                      f"({s['sad']:.2f}); worst image SAD / CF = {worst:.2f} (goal ≤ 1.25); time {s['time']:.2f} s vs "
                      f"CF {c['time']:.2f} s. Contact sheet: `heldout_{tset}/contact_sheet.png`.")
@@ -157,10 +150,11 @@ def main() -> None:
                          "worst_ratio": worst, "no_semantic_sad": abl.summary["overall"]["sad"],
                          "network_alone_sad": net.summary["overall"]["sad"]}
         if nls:
+            knn_worst = max(sad_ratios(knn, cf))
             lines.append(f"With `refine=\"nonlocal\"`: mean SAD {nls['sad']:.2f} "
-                         f"({'met' if nls['sad'] <= goal else 'not met'}), worst SAD / CF = {max(sad_ratios(knn, cf)):.2f}, "
+                         f"({'met' if nls['sad'] <= goal else 'not met'}), worst SAD / CF = {knn_worst:.2f}, "
                          f"time {nls['time']:.2f} s.")
-            summary[tset].update(nonlocal_sad=nls["sad"], nonlocal_time=nls["time"], nonlocal_worst_ratio=max(sad_ratios(knn, cf)))
+            summary[tset].update(nonlocal_sad=nls["sad"], nonlocal_time=nls["time"], nonlocal_worst_ratio=knn_worst)
         reference = cf_reference(tset)
         if reference:
             ref = np.mean([reference[r.sample.name]["sad"] for r in cf.results])

@@ -62,17 +62,14 @@ def test_shipped_pipeline_beats_closed_form_on_the_validation_photos(predictor: 
     the held-out ones), Trimap1, scored as the report does (8-bit, known regions forced). Session 11: mean SAD
     1.10 with the default refinement and 0.98 with ``refine="nonlocal"``, against CF's 1.51 and 2.26 for the
     network alone."""
-    from pymatting import estimate_alpha_cf
-
-    from backend.evaluation import evaluate, find_samples, validation_samples
+    from backend.evaluation import closed_form_alpha, evaluate, find_samples, validation_samples
 
     samples = validation_samples(find_samples(alphamatting, trimap_set="trimap1"))
     assert [s.name for s in samples] == ["GT01", "GT10", "GT19"]
     ours = evaluate(lambda img, tri, _: predictor.predict(img, tri).alpha, samples).summary["overall"]["sad"]
     net = evaluate(lambda img, tri, _: predictor.predict(img, tri, refine="off").alpha, samples,
                    warm_up=False).summary["overall"]["sad"]
-    cf = evaluate(lambda img, tri, _: estimate_alpha_cf(img.astype(np.float64), tri / 255.0), samples,
-                  warm_up=False).summary["overall"]["sad"]
+    cf = evaluate(closed_form_alpha, samples, warm_up=False).summary["overall"]["sad"]
     knn = evaluate(lambda img, tri, _: predictor.predict(img, tri, refine="nonlocal").alpha, samples,
                    warm_up=False).summary["overall"]["sad"]
     assert ours < 0.8 * cf and ours < 0.6 * net, (ours, cf, net)
