@@ -113,6 +113,8 @@ def main() -> None:
                          "data 1 %% of it: the step, not the loader, was the limit)")
     ap.add_argument("--ckpt-every", type=int, default=250, help="gpu-continue: snapshot cadence (all are kept)")
     ap.add_argument("--seed", type=int, default=10, help="gpu-continue: data stream seed (a new one per run)")
+    ap.add_argument("--photo-share", type=float, default=0.5,
+                    help="gpu-continue: share of the alphamatting photos in the data mix (the rest procedural)")
     ap.add_argument("--fg-cache", type=Path, default=None,
                     help="gpu-continue: folder of the photos' foreground estimates (PNG); filled once when missing. "
                          "A complete one, made here and carried, spares a fresh machine pymatting's ≈ 30 s compile")
@@ -135,7 +137,7 @@ def main() -> None:
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
     elif args.phase == "gpu-continue":
         # The matting network continues from the shipped file (or --init) with the phase 7/8 recipe (mixed
-        # trimaps, half procedural / half photos), after --classifier-steps of classifier training (0: the
+        # trimaps, half procedural / half photos unless --photo-share), after --classifier-steps of classifier training (0: the
         # classifier stays as it is, so the network keeps the semantic trimap it learned). Snapshots every
         # --ckpt-every steps, all kept, so a session that ends early still brings a usable run back and the
         # snapshots can be averaged. The lr cosine only halves (to --lr / 2): where a device session's time
@@ -151,8 +153,8 @@ def main() -> None:
         run = train(matting_config(dev + out + [
             f"model.init={args.init}", f"model.classifier={clf}", f"optim.lr={args.lr}",
             f"schedule.min_lr={args.lr / 2}", f"data.batch_size={args.batch_size}", f"schedule.steps={args.steps}",
-            "schedule.warmup_steps=50", f"run.seed={args.seed}", *disc], (0.5, 0.5), args.hold_validation, "mixed",
-            args.fg_cache),
+            "schedule.warmup_steps=50", f"run.seed={args.seed}", *disc], (1 - args.photo_share, args.photo_share),
+            args.hold_validation, "mixed", args.fg_cache),
             resume=True)
     else:
         run = train(matting_config(out + [
