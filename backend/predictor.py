@@ -176,6 +176,8 @@ class MattingPredictor:
             the network's alpha.
         fuse_relu: with ``optimize``, run the ResNet blocks with conv+bias+ReLU fused in cuDNN
             (``accel.fuse_conv_relu``): None = on CUDA (the CPU has no such kernels).
+        window_stitch: how the classifier windows' CAMs are summed into the map (``semantic_trimap``'s
+            ``stitch``): "auto" (one Triton kernel per window size on CUDA, slice-adds elsewhere), "slices".
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -186,7 +188,7 @@ class MattingPredictor:
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
                  channels_last: bool = True, tile_context: str = "image", refine: str = "band",
-                 fuse_relu: bool | None = None) -> None:
+                 fuse_relu: bool | None = None, window_stitch: str = "auto") -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
@@ -212,6 +214,9 @@ class MattingPredictor:
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
         self.fuse_relu = (self.device.type == "cuda") if fuse_relu is None else bool(fuse_relu)
+        if window_stitch not in ("auto", "slices", "triton"):
+            raise ValueError(f"window_stitch must be 'auto', 'slices' or 'triton', got {window_stitch!r}")
+        self.window_stitch = window_stitch
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize
         if tile_context not in ("image", "tile"):
@@ -479,7 +484,7 @@ class MattingPredictor:
             with self._autocast():
                 smap = semantic_trimap(clf, inputs.image_n, inputs.trimap, window_sizes=self.window_sizes,
                                        batch_size=self.classifier_batch, out_dtype=smap_dtype,
-                                       channels_last=self.channels_last)
+                                       channels_last=self.channels_last, stitch=self.window_stitch)
         else:
             smap = torch.zeros((n, num_classes, hp, wp), device=self.device, dtype=smap_dtype)
         timings["classifier"] = self._elapsed(t1)

@@ -7,6 +7,7 @@ from the far end); here the window shrinks to the full side instead, so every pi
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backend.processing import triton_available
 from backend.protocol import TRIMAP_UNKNOWN
 
 WINDOW_SIZES = (320, 800)
@@ -51,7 +53,7 @@ def default_batch_pixels(device: torch.device) -> int:
 def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.Tensor, *,
                     window_sizes: Sequence[int] = WINDOW_SIZES, batch_size: int | None = 8,
                     batch_pixels: int | None = None, out_dtype: torch.dtype = torch.float32,
-                    channels_last: bool = False) -> torch.Tensor:
+                    channels_last: bool = False, stitch: str = "auto") -> torch.Tensor:
     """Args:
         classifier: PatchClassifier returning (logits, cam, features).
         image_n: N×3×H×W ImageNet-normalised RGB (already padded).
@@ -63,49 +65,49 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
             matting net casts the map to that dtype at its first conv anyway, so returning it in that dtype
             gives the same alpha with half the memory.
         channels_last: feed the window batches in channels-last layout (faster convolutions).
+        stitch: how the windows' CAMs are upsampled and summed: "slices" (one upsample and two slice-adds
+            per window, any device), "triton" (one kernel per window size that gathers, for each pixel, the
+            bilinear samples of the windows covering it; CUDA, or Triton's CPU interpreter in tests) or
+            "auto" (Triton on CUDA where it is installed). Same map up to float rounding.
     Returns:
         N×C×H×W in [0,1], scaled per image; zero outside trimap == 128.
     """
     n, _, h, w = image_n.shape
     unknown = trimap == TRIMAP_UNKNOWN
     x = torch.cat([image_n, trimap / 255.0], dim=1)
-    candidates: list[tuple[int, int, int, int, int]] = []
-    for size in window_sizes:
-        wh, ys = window_starts(h, size)
-        ww, xs = window_starts(w, size)
-        candidates += [(b, y, x0, wh, ww) for b in range(n) for y in ys for x0 in xs]
+    grids = [(*window_starts(h, size), *window_starts(w, size)) for size in window_sizes]  # (wh, ys, ww, xs)
+    candidates = [(si, b, iy, ix) for si, (_, ys, _, xs) in enumerate(grids)
+                  for b in range(n) for iy in range(len(ys)) for ix in range(len(xs))]
+    boxes = [(b, grids[si][1][iy], grids[si][3][ix], grids[si][0], grids[si][2]) for si, b, iy, ix in candidates]
     # Group windows by shape (skipping those without unknown pixels) so each group is batched.
-    groups: dict[tuple[int, int], list[tuple[int, int, int]]] = defaultdict(list)
-    for (b, y, x0, wh, ww), keep in zip(candidates, window_has_unknown(unknown[:, 0], candidates)):
+    groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = defaultdict(list)
+    for cand, (_, _, _, wh, ww), keep in zip(candidates, boxes, window_has_unknown(unknown[:, 0], boxes)):
         if keep:
-            groups[(wh, ww)].append((b, y, x0))
+            groups[(wh, ww)].append(cand)
     num_classes = classifier.fc.out_features
     if not groups:  # no unknown pixels anywhere
         return torch.zeros((n, num_classes, h, w), device=image_n.device, dtype=out_dtype)
     dev = image_n.device
+    if stitch == "auto":
+        stitch = "triton" if triton_available(dev) and not _STITCH_BROKEN else "slices"
     total = torch.zeros((n, num_classes, h, w), device=dev, dtype=torch.float32)
     count = torch.zeros((n, 1, h, w), device=dev, dtype=torch.float32)
     pixels = batch_pixels or default_batch_pixels(dev)
     for (wh, ww), wins in groups.items():
         step = batch_size or max(1, pixels // (wh * ww))
+        cams = []
         for i in range(0, len(wins), step):
-            chunk = wins[i:i + step]
-            patches = torch.stack([x[b, :, y:y + wh, x0:x0 + ww] for b, y, x0 in chunk])
+            patches = torch.stack([x[b, :, grids[si][1][iy]:grids[si][1][iy] + wh,
+                                     grids[si][3][ix]:grids[si][3][ix] + ww] for si, b, iy, ix in wins[i:i + step]])
             if channels_last:
                 patches = patches.contiguous(memory_format=torch.channels_last)
             _, cam, _ = classifier(patches)
             del patches
-            # The small stride-32 CAMs go to float32 in the accumulator's layout in one copy: a channels-last
-            # upsample added into it runs a strided kernel ~5× slower than the bandwidth allows (H200 profile).
-            cam = cam.float().contiguous()
-            # Upsampled one window at a time: a whole batch of full-size float32 CAMs would be the
-            # stage's largest tensor (0.5 GiB for ten 800-px windows). Slice-adds beat one sort-based
-            # index_put_ per batch on an H200 (13.6 vs 16.1 ms of classifier stage at 1024², 53.7 vs 62.6 at 2048²).
-            for j, (b, y, x0) in enumerate(chunk):
-                up = F.interpolate(cam[j:j + 1], size=(wh, ww), mode="bilinear", align_corners=False)
-                total[b, :, y:y + wh, x0:x0 + ww] += up[0]
-                count[b, :, y:y + wh, x0:x0 + ww] += 1
-            del cam
+            # The small stride-32 CAMs, copied to float32 in the accumulator's layout (a CUDA-graph replay
+            # overwrites its output buffer; a channels-last upsample added into the map runs a strided kernel
+            # ~5× slower than the bandwidth allows, H200 profile).
+            cams.append(cam.to(torch.float32, memory_format=torch.contiguous_format, copy=True))
+        _stitch(torch.cat(cams), wins, grids, total, count, stitch)
     # In place from here: at 8192² one C×H×W float32 map is 5 GiB, a second copy would not fit a budget.
     smap = total.div_(count.clamp_(min=1))
     del count
@@ -116,6 +118,112 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
     smap.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
     smap.mul_(unknown & (span > 0))
     return smap if out_dtype == torch.float32 else smap.to(out_dtype)
+
+
+def _stitch(cams: torch.Tensor, wins: list[tuple[int, int, int, int]], grids: list[tuple[int, list[int], int, list[int]]],
+            total: torch.Tensor, count: torch.Tensor, method: str) -> None:
+    """Add the bilinear upsampling of each window's CAM (``cams[j]`` for ``wins[j]`` = (size index, image,
+    row, column of the window grid)) into ``total`` and 1 into ``count`` over the window's pixels."""
+    global _STITCH_BROKEN
+    if method == "triton":
+        try:
+            for si in sorted({w[0] for w in wins}):
+                _stitch_triton(cams, wins, si, grids[si], total, count)
+            return
+        except Exception as exc:  # a Triton/driver mismatch must not take inference down
+            if cams.device.type != "cuda":
+                raise
+            _STITCH_BROKEN = True
+            logging.getLogger(__name__).warning("Triton window stitching failed (%s); using slice-adds", exc)
+            total.zero_()  # a size may have been added already: start over with the slices
+            count.zero_()
+    # One window at a time: a whole batch of full-size float32 CAMs would be the stage's largest tensor
+    # (0.5 GiB for ten 800-px windows). Slice-adds beat one sort-based index_put_ per batch on an H200 (13.6
+    # vs 16.1 ms of classifier stage at 1024², 53.7 vs 62.6 at 2048²).
+    for j, (si, b, iy, ix) in enumerate(wins):
+        wh, ys, ww, xs = grids[si]
+        y, x0 = ys[iy], xs[ix]
+        up = F.interpolate(cams[j:j + 1], size=(wh, ww), mode="bilinear", align_corners=False)
+        total[b, :, y:y + wh, x0:x0 + ww] += up[0]
+        count[b, :, y:y + wh, x0:x0 + ww] += 1
+
+
+_STITCH_KERNEL = None
+_STITCH_BROKEN = False
+
+
+def _stitch_triton(cams: torch.Tensor, wins: list[tuple[int, int, int, int]], si: int,
+                   grid: tuple[int, list[int], int, list[int]], total: torch.Tensor, count: torch.Tensor) -> None:
+    """The windows of size index ``si`` in one launch: one program per (image row, block of columns) loops
+    over the grid rows and columns whose windows cover it (scalar tests, so only those ≤ 3 × 3 are sampled),
+    takes each window's bilinear sample of its CAM (PyTorch's align_corners=False arithmetic) for all
+    classes at once, and adds the sum into ``total`` / the number of windows into ``count``. Each pixel
+    belongs to one program: no atomics, a deterministic order."""
+    global _STITCH_KERNEL
+    import triton
+    import triton.language as tl
+
+    if _STITCH_KERNEL is None:
+        @triton.jit
+        def _kernel(cam_ptr, slot_ptr, ys_ptr, xs_ptr, total_ptr, count_ptr, C, H, W, NY, NX, WH, WW, CH, CW,
+                    scale_y, scale_x, C_PAD: tl.constexpr, BLOCK: tl.constexpr):
+            row = tl.program_id(0)
+            b = row // H
+            y = row % H
+            x_lo = tl.program_id(1) * BLOCK
+            x = x_lo + tl.arange(0, BLOCK)
+            c = tl.arange(0, C_PAD)
+            inside = (c[:, None] < C) & (x[None, :] < W)
+            plane = CH * CW
+            acc = tl.zeros((C_PAD, BLOCK), tl.float32)
+            cnt = tl.zeros((BLOCK,), tl.float32)
+            for iy in range(NY):
+                ly = y - tl.load(ys_ptr + iy)
+                if (ly >= 0) & (ly < WH):
+                    sy = tl.maximum((ly.to(tl.float32) + 0.5) * scale_y - 0.5, 0.0)
+                    ty0 = sy.to(tl.int32)  # sy ≥ 0: truncation is floor
+                    ty1 = tl.minimum(ty0 + 1, CH - 1)
+                    fy = sy - ty0.to(tl.float32)
+                    for ix in range(NX):
+                        x0 = tl.load(xs_ptr + ix)
+                        slot = tl.load(slot_ptr + (b * NY + iy) * NX + ix)
+                        if (slot >= 0) & (x0 < x_lo + BLOCK) & (x0 + WW > x_lo):
+                            lx = x - x0
+                            covered = (lx >= 0) & (lx < WW) & (x < W)
+                            sx = tl.maximum((lx.to(tl.float32) + 0.5) * scale_x - 0.5, 0.0)
+                            tx0 = tl.minimum(sx.to(tl.int32), CW - 1)
+                            tx1 = tl.minimum(tx0 + 1, CW - 1)
+                            fx = sx - tx0.to(tl.float32)
+                            base = cam_ptr + slot.to(tl.int64) * C * plane + c[:, None] * plane
+                            m = (c[:, None] < C) & covered[None, :]
+                            v00 = tl.load(base + ty0 * CW + tx0[None, :], mask=m, other=0.0)
+                            v01 = tl.load(base + ty0 * CW + tx1[None, :], mask=m, other=0.0)
+                            v10 = tl.load(base + ty1 * CW + tx0[None, :], mask=m, other=0.0)
+                            v11 = tl.load(base + ty1 * CW + tx1[None, :], mask=m, other=0.0)
+                            wx = fx[None, :]
+                            top = (1.0 - wx) * v00 + wx * v01
+                            bottom = (1.0 - wx) * v10 + wx * v11
+                            acc += tl.where(m, (1.0 - fy) * top + fy * bottom, 0.0)
+                            cnt += tl.where(covered, 1.0, 0.0)
+            offs = ((b * C + c[:, None]).to(tl.int64) * H + y) * W + x[None, :]
+            tl.store(total_ptr + offs, tl.load(total_ptr + offs, mask=inside, other=0.0) + acc, mask=inside)
+            coffs = (b.to(tl.int64) * H + y) * W + x
+            tl.store(count_ptr + coffs, tl.load(count_ptr + coffs, mask=x < W, other=0.0) + cnt, mask=x < W)
+
+        _STITCH_KERNEL = _kernel
+    wh, ys, ww, xs = grid
+    n, c, h, w = total.shape
+    slots = torch.full((n, len(ys), len(xs)), -1, dtype=torch.int32)
+    for j, (s, b, iy, ix) in enumerate(wins):
+        if s == si:
+            slots[b, iy, ix] = j
+    dev = total.device
+    ch, cw = cams.shape[-2:]
+    block = 64
+    _STITCH_KERNEL[(n * h, triton.cdiv(w, block))](
+        cams, slots.to(dev), torch.tensor(ys, dtype=torch.int32).to(dev), torch.tensor(xs, dtype=torch.int32).to(dev),
+        total, count, c, h, w, len(ys), len(xs), wh, ww, ch, cw, ch / wh, cw / ww,
+        C_PAD=triton.next_power_of_2(c), BLOCK=block)
 
 
 def override_semantic_trimap(class_ids: Sequence[int], trimap: torch.Tensor, num_classes: int) -> torch.Tensor:

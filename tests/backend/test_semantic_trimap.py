@@ -1,3 +1,9 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 import torch
 
 from backend.models.registry import build_model
@@ -65,3 +71,28 @@ def test_window_batches_match_one_window_at_a_time() -> None:
     single = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96), batch_size=1)
     batched = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96), batch_size=3)
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_triton_stitching_equals_slice_adds_in_interpreter() -> None:
+    """The CUDA default's window-stitching kernel, run by Triton's CPU interpreter (skipped without Triton):
+    the same map as the per-window upsample + slice-adds, including two images, windows cut to a short side,
+    and two window sizes that both become the whole image (the same shape group)."""
+    pytest.importorskip("triton")
+    code = (
+        "import torch\n"
+        "from backend.models.registry import build_model\n"
+        "from backend.semantic_trimap import semantic_trimap\n"
+        "torch.manual_seed(0)\n"
+        "clf = build_model('classifier_tiny', num_classes=5).eval()\n"
+        "for n, h, w, sizes in [(1, 120, 200, (64, 160)), (2, 60, 60, (64, 160))]:\n"
+        "    image_n = torch.randn(n, 3, h, w)\n"
+        "    trimap = torch.zeros(n, 1, h, w)\n"
+        "    trimap[..., h // 4: 3 * h // 4, w // 5: 4 * w // 5] = 128\n"
+        "    trimap[..., 3 * h // 4:, :] = 255\n"
+        "    a = semantic_trimap(clf, image_n, trimap, window_sizes=sizes, stitch='slices')\n"
+        "    b = semantic_trimap(clf, image_n, trimap, window_sizes=sizes, stitch='triton')\n"
+        "    assert a.amax() > 0.5 and torch.allclose(a, b, rtol=0, atol=1e-6), float((a - b).abs().max())\n"
+        "print('ok')\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
