@@ -125,22 +125,24 @@ def _stitch(cams: torch.Tensor, wins: list[tuple[int, int, int, int]], grids: li
     """Add the bilinear upsampling of each window's CAM (``cams[j]`` for ``wins[j]`` = (size index, image,
     row, column of the window grid)) into ``total`` and 1 into ``count`` over the window's pixels."""
     global _STITCH_BROKEN
+    done: set[int] = set()  # size indices already added by the kernel
     if method == "triton":
         try:
             for si in sorted({w[0] for w in wins}):
                 _stitch_triton(cams, wins, si, grids[si], total, count)
+                done.add(si)
             return
         except Exception as exc:  # a Triton/driver mismatch must not take inference down
             if cams.device.type != "cuda":
                 raise
             _STITCH_BROKEN = True
             logging.getLogger(__name__).warning("Triton window stitching failed (%s); using slice-adds", exc)
-            total.zero_()  # a size may have been added already: start over with the slices
-            count.zero_()
     # One window at a time: a whole batch of full-size float32 CAMs would be the stage's largest tensor
     # (0.5 GiB for ten 800-px windows). Slice-adds beat one sort-based index_put_ per batch on an H200 (13.6
     # vs 16.1 ms of classifier stage at 1024², 53.7 vs 62.6 at 2048²).
     for j, (si, b, iy, ix) in enumerate(wins):
+        if si in done:
+            continue
         wh, ys, ww, xs = grids[si]
         y, x0 = ys[iy], xs[ix]
         up = F.interpolate(cams[j:j + 1], size=(wh, ww), mode="bilinear", align_corners=False)
