@@ -9,14 +9,15 @@
 # gpu-continue: phase 7/8 recipe, batch 32, GT01/GT10/GT19 held out to select on) for LIMIT_S seconds;
 # `timeout`'s SIGTERM makes the trainer save the step it is on. Then the last KEEP (3) snapshots come back
 # as fp16 weights (an export takes seconds; averaging with BatchNorm re-estimation on the device outlasted
-# session 8's call, so it runs here afterwards). Five files come back: $TAG_train.log (the run's config.json
+# session 8's call, so it runs here afterwards). Per run, these come back: $TAG_train.log (the run's config.json
 # at its end), $TAG_train.csv and the snapshots $TAG_step_N.pt. Then, here on the CPU (models/README.md):
 #   semantic-matte train average out/matting_step_*.pt --config run-config.json -o avg.pt --bn-batches 50
 #   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt avg.pt
 # DISC=path/to/discriminator.pt turns the L_c / L_f terms on (carry the file; default: off).
-# Two runs can share the GPU (the step is overhead-bound): give each its own TAG (file prefix), SEED,
-# PHOTO_SHARE and WORKERS (the 16 cores split), source install/device_wheels.sh first and start both with `&`;
-# CSV=log appends the curve to the log instead of its own file (the device returns at most 8 files).
+# Two runs can share the GPU (one run's step is overhead-bound): give each its own TAG (file prefix), SEED,
+# PHOTO_SHARE and WORKERS (the 16 cores split; with 6 each the steps wait for data ~58 % of the time, phase
+# 15), source install/device_wheels.sh first and start both with `&`; CSV=log appends the curve to the log
+# instead of its own file, so two runs with KEEP=3 return 8 files (the device returns at most 8).
 set -u
 OUT=${OUT:-/tmp/out}
 TAG=${TAG:-matting}

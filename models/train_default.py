@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--ship-dir", type=Path, default=WEIGHTS, help="ship: where the shipped files go")
     ap.add_argument("--hold-validation", action="store_true",
                     help="gpu-continue / cpu-continue: keep GT01, GT10, GT19 out of training, to select snapshots on")
-    ap.add_argument("--lr", type=float, default=3e-4, help="gpu-continue: peak learning rate (cosine to half of it)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="gpu-continue: peak learning rate (cosine, floored at half of it)")
     ap.add_argument("--batch-size", type=int, default=32,
                     help="gpu-continue: crops per step (session 8 on an H200: 0.115 s per step of 32, waiting for "
                          "data 1 %% of it: the step, not the loader, was the limit)")
@@ -137,11 +137,12 @@ def main() -> None:
             "schedule.warmup_steps=40", "run.ckpt_every=0"]))
     elif args.phase == "gpu-continue":
         # The matting network continues from the shipped file (or --init) with the phase 7/8 recipe (mixed
-        # trimaps, half procedural / half photos unless --photo-share), after --classifier-steps of classifier training (0: the
-        # classifier stays as it is, so the network keeps the semantic trimap it learned). Snapshots every
-        # --ckpt-every steps, all kept, so a session that ends early still brings a usable run back and the
-        # snapshots can be averaged. The lr cosine only halves (to --lr / 2): where a device session's time
-        # runs out is not known in advance, and the average of the snapshots anneals instead.
+        # trimaps, half procedural / half photos unless --photo-share), after --classifier-steps of classifier
+        # training (0: the classifier stays as it is, so the network keeps the semantic trimap it learned).
+        # Snapshots every --ckpt-every steps, all kept, so a session that ends early still brings a usable run
+        # back and the snapshots can be averaged. The lr cosine over --steps is floored at --lr / 2 (reached
+        # half-way): where a device session's time runs out is not known in advance, and the average of the
+        # snapshots anneals instead.
         dev = [f"run.device={args.device}", "run.precision=bf16", f"data.num_workers={args.workers}",
                "run.channels_last=true", f"run.ckpt_every={args.ckpt_every}", "run.keep_ckpts=1000",
                f"data.crops_per_item={args.crops_per_item}"]
