@@ -177,7 +177,8 @@ class MattingPredictor:
         fuse_relu: with ``optimize``, run the ResNet blocks with conv+bias+ReLU fused in cuDNN
             (``accel.fuse_conv_relu``): None = on CUDA (the CPU has no such kernels).
         window_stitch: how the classifier windows' CAMs are summed into the map (``semantic_trimap``'s
-            ``stitch``): "auto" (one Triton kernel per window size on CUDA, slice-adds elsewhere), "slices".
+            ``stitch``): "auto" (one Triton kernel per window size on CUDA, separable torch ops elsewhere),
+            "rows" (the torch path everywhere), "triton".
     """
 
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
@@ -214,8 +215,8 @@ class MattingPredictor:
         self.gpu_preprocess = (self.device.type == "cuda") if gpu_preprocess is None else bool(gpu_preprocess)
         self.classifier_batch = classifier_batch
         self.fuse_relu = (self.device.type == "cuda") if fuse_relu is None else bool(fuse_relu)
-        if window_stitch not in ("auto", "slices", "triton"):
-            raise ValueError(f"window_stitch must be 'auto', 'slices' or 'triton', got {window_stitch!r}")
+        if window_stitch not in ("auto", "rows", "triton"):
+            raise ValueError(f"window_stitch must be 'auto', 'rows' or 'triton', got {window_stitch!r}")
         self.window_stitch = window_stitch
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.channels_last = channels_last and optimize

@@ -65,10 +65,10 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
             matting net casts the map to that dtype at its first conv anyway, so returning it in that dtype
             gives the same alpha with half the memory.
         channels_last: feed the window batches in channels-last layout (faster convolutions).
-        stitch: how the windows' CAMs are upsampled and summed: "slices" (one upsample and two slice-adds
-            per window, any device), "triton" (one kernel per window size that gathers, for each pixel, the
+        stitch: how the windows' CAMs are upsampled and summed: "rows" (separable, one grid row of windows
+            at a time, any device), "triton" (one kernel per window size that gathers, for each pixel, the
             bilinear samples of the windows covering it; CUDA, or Triton's CPU interpreter in tests) or
-            "auto" (Triton on CUDA where it is installed). Same map up to float rounding.
+            "auto" (Triton on CUDA where it is installed, else rows). Same map up to float rounding.
     Returns:
         N×C×H×W in [0,1], scaled per image; zero outside trimap == 128.
     """
@@ -89,7 +89,7 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
         return torch.zeros((n, num_classes, h, w), device=image_n.device, dtype=out_dtype)
     dev = image_n.device
     if stitch == "auto":
-        stitch = "triton" if triton_available(dev) and not _STITCH_BROKEN else "slices"
+        stitch = "triton" if triton_available(dev) and not _STITCH_BROKEN else "rows"
     total = torch.zeros((n, num_classes, h, w), device=dev, dtype=torch.float32)
     count = torch.zeros((n, 1, h, w), device=dev, dtype=torch.float32)
     pixels = batch_pixels or default_batch_pixels(dev)
@@ -136,18 +136,48 @@ def _stitch(cams: torch.Tensor, wins: list[tuple[int, int, int, int]], grids: li
             if cams.device.type != "cuda":
                 raise
             _STITCH_BROKEN = True
-            logging.getLogger(__name__).warning("Triton window stitching failed (%s); using slice-adds", exc)
-    # One window at a time: a whole batch of full-size float32 CAMs would be the stage's largest tensor
-    # (0.5 GiB for ten 800-px windows). Slice-adds beat one sort-based index_put_ per batch on an H200 (13.6
-    # vs 16.1 ms of classifier stage at 1024², 53.7 vs 62.6 at 2048²).
-    for j, (si, b, iy, ix) in enumerate(wins):
-        if si in done:
-            continue
+            logging.getLogger(__name__).warning("Triton window stitching failed (%s); using torch", exc)
+    _stitch_rows(cams, [(j, w) for j, w in enumerate(wins) if w[0] not in done], grids, total, count)
+
+
+def _upsample_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """n_out × n_in: 1-D linear upsampling with align_corners=False as a matrix (the weights F.interpolate
+    uses per axis for bilinear)."""
+    eye = torch.eye(n_in, device=device).reshape(n_in, 1, n_in)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+
+
+ROW_CHUNK = 2048  # columns per vertical pass: bounds the temporary (C × window height × chunk) at 8192² too
+
+
+def _stitch_rows(cams: torch.Tensor, wins: list[tuple[int, tuple[int, int, int, int]]],
+                 grids: list[tuple[int, list[int], int, list[int]]], total: torch.Tensor, count: torch.Tensor) -> None:
+    """Bilinear upsampling is separable (Ry · cam · Rxᵀ), so the windows of one grid row are upsampled along x
+    at CAM height and summed into a strip, which is then upsampled along y once: each full-resolution pixel
+    is written once per grid row instead of once per window (2–3× faster than an upsample and two slice-adds
+    per window on the 2-core CPU, alphamatting photos). ``wins``: (index into ``cams``, window)."""
+    ch, cw = cams.shape[-2:]
+    rows: dict[tuple[int, int, int], list[tuple[int, int]]] = defaultdict(list)
+    for j, (si, b, iy, ix) in wins:
+        rows[(si, b, iy)].append((ix, j))
+    mats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for (si, b, iy), row in rows.items():
         wh, ys, ww, xs = grids[si]
-        y, x0 = ys[iy], xs[ix]
-        up = F.interpolate(cams[j:j + 1], size=(wh, ww), mode="bilinear", align_corners=False)
-        total[b, :, y:y + wh, x0:x0 + ww] += up[0]
-        count[b, :, y:y + wh, x0:x0 + ww] += 1
+        if si not in mats:
+            mats[si] = (_upsample_matrix(ch, wh, cams.device), _upsample_matrix(cw, ww, cams.device).T.contiguous())
+        ry, rxt = mats[si]
+        lo, hi = min(xs[ix] for ix, _ in row), max(xs[ix] for ix, _ in row) + ww
+        strip = cams.new_zeros((cams.shape[1], ch, hi - lo))
+        covered = cams.new_zeros(hi - lo)
+        for ix, j in row:
+            x0 = xs[ix] - lo
+            strip[:, :, x0:x0 + ww] += cams[j] @ rxt
+            covered[x0:x0 + ww] += 1
+        y = ys[iy]
+        for c0 in range(0, hi - lo, ROW_CHUNK):
+            c1 = min(c0 + ROW_CHUNK, hi - lo)
+            total[b, :, y:y + wh, lo + c0:lo + c1] += ry @ strip[:, :, c0:c1]
+        count[b, 0, y:y + wh, lo:hi] += covered
 
 
 _STITCH_KERNEL = None

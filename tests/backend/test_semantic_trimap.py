@@ -73,9 +73,9 @@ def test_window_batches_match_one_window_at_a_time() -> None:
     torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
 
 
-def test_triton_stitching_equals_slice_adds_in_interpreter() -> None:
+def test_triton_stitching_equals_torch_path_in_interpreter() -> None:
     """The CUDA default's window-stitching kernel, run by Triton's CPU interpreter (skipped without Triton):
-    the same map as the per-window upsample + slice-adds, including two images, windows cut to a short side,
+    the same map as the separable torch path, including two images, windows cut to a short side,
     and two window sizes that both become the whole image (the same shape group)."""
     pytest.importorskip("triton")
     code = (
@@ -89,10 +89,24 @@ def test_triton_stitching_equals_slice_adds_in_interpreter() -> None:
         "    trimap = torch.zeros(n, 1, h, w)\n"
         "    trimap[..., h // 4: 3 * h // 4, w // 5: 4 * w // 5] = 128\n"
         "    trimap[..., 3 * h // 4:, :] = 255\n"
-        "    a = semantic_trimap(clf, image_n, trimap, window_sizes=sizes, stitch='slices')\n"
+        "    a = semantic_trimap(clf, image_n, trimap, window_sizes=sizes, stitch='rows')\n"
         "    b = semantic_trimap(clf, image_n, trimap, window_sizes=sizes, stitch='triton')\n"
         "    assert a.amax() > 0.5 and torch.allclose(a, b, rtol=0, atol=1e-6), float((a - b).abs().max())\n"
         "print('ok')\n")
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_row_stitching_in_column_chunks_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vertical pass of the separable path runs in column chunks (a bounded temporary at 8192²)."""
+    import backend.semantic_trimap as st
+
+    torch.manual_seed(3)
+    clf = build_model("classifier_tiny", num_classes=4).eval()
+    image_n = torch.randn(1, 3, 90, 150)
+    trimap = torch.full((1, 1, 90, 150), 128.0)
+    whole = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96))
+    monkeypatch.setattr(st, "ROW_CHUNK", 17)
+    chunked = semantic_trimap(clf, image_n, trimap, window_sizes=(48, 96))
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
