@@ -79,11 +79,12 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
     candidates = [(si, b, iy, ix) for si, (_, ys, _, xs) in enumerate(grids)
                   for b in range(n) for iy in range(len(ys)) for ix in range(len(xs))]
     boxes = [(b, grids[si][1][iy], grids[si][3][ix], grids[si][0], grids[si][2]) for si, b, iy, ix in candidates]
-    # Group windows by shape (skipping those without unknown pixels) so each group is batched.
-    groups: dict[tuple[int, int], list[tuple[int, int, int, int]]] = defaultdict(list)
-    for cand, (_, _, _, wh, ww), keep in zip(candidates, boxes, window_has_unknown(unknown[:, 0], boxes)):
+    # Group windows (indices into candidates / boxes) by shape, skipping those without unknown pixels, so
+    # each group is batched.
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k, ((_, _, _, wh, ww), keep) in enumerate(zip(boxes, window_has_unknown(unknown[:, 0], boxes))):
         if keep:
-            groups[(wh, ww)].append(cand)
+            groups[(wh, ww)].append(k)
     num_classes = classifier.fc.out_features
     if not groups:  # no unknown pixels anywhere
         return torch.zeros((n, num_classes, h, w), device=image_n.device, dtype=out_dtype)
@@ -93,12 +94,12 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
     total = torch.zeros((n, num_classes, h, w), device=dev, dtype=torch.float32)
     count = torch.zeros((n, 1, h, w), device=dev, dtype=torch.float32)
     pixels = batch_pixels or default_batch_pixels(dev)
-    for (wh, ww), wins in groups.items():
+    for (wh, ww), ks in groups.items():
         step = batch_size or max(1, pixels // (wh * ww))
         cams = []
-        for i in range(0, len(wins), step):
-            patches = torch.stack([x[b, :, grids[si][1][iy]:grids[si][1][iy] + wh,
-                                     grids[si][3][ix]:grids[si][3][ix] + ww] for si, b, iy, ix in wins[i:i + step]])
+        for i in range(0, len(ks), step):
+            chunk = [boxes[k] for k in ks[i:i + step]]
+            patches = torch.stack([x[b, :, y:y + wh, x0:x0 + ww] for b, y, x0, _, _ in chunk])
             if channels_last:
                 patches = patches.contiguous(memory_format=torch.channels_last)
             _, cam, _ = classifier(patches)
@@ -107,7 +108,7 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
             # overwrites its output buffer; a channels-last upsample added into the map runs a strided kernel
             # ~5× slower than the bandwidth allows, H200 profile).
             cams.append(cam.to(torch.float32, memory_format=torch.contiguous_format, copy=True))
-        _stitch(torch.cat(cams), wins, grids, total, count, stitch)
+        _stitch(torch.cat(cams), [candidates[k] for k in ks], grids, total, count, stitch)
     # In place from here: at 8192² one C×H×W float32 map is 5 GiB, a second copy would not fit a budget.
     smap = total.div_(count.clamp_(min=1))
     del count
@@ -120,8 +121,9 @@ def semantic_trimap(classifier: nn.Module, image_n: torch.Tensor, trimap: torch.
     return smap if out_dtype == torch.float32 else smap.to(out_dtype)
 
 
-def _stitch(cams: torch.Tensor, wins: list[tuple[int, int, int, int]], grids: list[tuple[int, list[int], int, list[int]]],
-            total: torch.Tensor, count: torch.Tensor, method: str) -> None:
+def _stitch(cams: torch.Tensor, wins: list[tuple[int, int, int, int]],
+            grids: list[tuple[int, list[int], int, list[int]]], total: torch.Tensor, count: torch.Tensor,
+            method: str) -> None:
     """Add the bilinear upsampling of each window's CAM (``cams[j]`` for ``wins[j]`` = (size index, image,
     row, column of the window grid)) into ``total`` and 1 into ``count`` over the window's pixels."""
     global _STITCH_BROKEN

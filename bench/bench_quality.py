@@ -83,10 +83,10 @@ def validation(weights: list[Path], classifier: Path | None, refine: str) -> Non
         procedural = evaluation.find_samples(tmp)
         for w in weights:
             predictor = MattingPredictor.from_pretrained(w, classifier, device="cpu", refine=refine)
-            sads = [r.metrics["sad"] for samples in sets.values()
-                    for r in run(predictor, samples, True, None, "").results]
+            results = [run(predictor, samples, True, None, "") for samples in sets.values()]
+            sads = [r.metrics["sad"] for result in results for r in result.results]
             proc = run(predictor, procedural, True, None, "").summary["overall"]["sad"]
-            ratio = np.mean([v / c for v, c in zip(sads, cf_sads)])
+            ratio = np.mean([v for result, c in zip(results, cf) for v in sad_ratios(result, c)])
             print(f"| {w} | {predictor.info().get('trained_steps', '?')} | " + " | ".join(f"{v:.2f}" for v in sads)
                   + f" | **{np.mean(sads):.3f}** | {ratio:.3f} | {proc:.3f} |", flush=True)
 
