@@ -27,6 +27,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -152,7 +153,7 @@ def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
     ``(k, w)`` pair in ``neighbours``; x, y are in units of the crop's longer side. Each link weighs
     ``weight`` / (total k) and is symmetric, so the whole matrix is positive semi-definite (KNN matting's
     binary kernel). Only links from band pixels exist: the solve never needs the other rows."""
-    from pymatting import knn  # numba JIT: import only when refining
+    from pymatting import KDTree  # numba JIT: import only when refining
 
     h, w = band.shape
     n = h * w
@@ -163,24 +164,33 @@ def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
     link = weight / sum(k for k, _ in neighbours)
     scale = 1.0 / max(h - 1, w - 1, 1)
     yy, xx = np.mgrid[0:h, 0:w]
-    feats = np.empty((n, 5), np.float32)
-    feats[:, :3] = image.reshape(n, 3)
+    feats = []
+    for _, xy_weight in neighbours:
+        f = np.empty((n, 5), np.float32)
+        f[:, :3] = image.reshape(n, 3)
+        f[:, 3] = xx.ravel() * (xy_weight * scale)
+        f[:, 4] = yy.ravel() * (xy_weight * scale)
+        feats.append(f)
+    # Building a tree is serial numba code that releases the GIL: the trees are built side by side (the queries
+    # are parallel already).
+    with ThreadPoolExecutor(len(feats)) as pool:
+        trees = list(pool.map(KDTree, feats))
     src, dst = [], []
-    for k, xy_weight in neighbours:
-        feats[:, 3] = xx.ravel() * (xy_weight * scale)
-        feats[:, 4] = yy.ravel() * (xy_weight * scale)
-        _, idx = knn(feats, feats[inside], k=min(k, n))
+    for (k, _), f, tree in zip(neighbours, feats, trees):
+        _, idx = tree.query(f[inside], k=min(k, n))
         src.append(np.repeat(np.arange(inside.size, dtype=np.int32), idx.shape[1]))
         dst.append(idx.ravel().astype(np.int32))
     src, dst = np.concatenate(src), np.concatenate(dst)
     keep = inside[src] != dst  # a pixel is its own nearest neighbour: a self-link adds nothing
     src, dst = src[keep], dst[keep]
-    wgt = np.full(src.size, link)
     back = position[dst]  # the far end's row, where it is a band pixel too
     both = back >= 0
-    rows = np.concatenate([src, src, back[both], back[both]])
-    cols = np.concatenate([inside[src], dst, dst[both], inside[src[both]]])
-    vals = np.concatenate([wgt, -wgt, wgt[both], -wgt[both]])
+    # Each link (i, j) adds +link at (i, i) and (j, j), -link at (i, j) and (j, i); only band rows are kept. The
+    # diagonal is summed here, so the sparse build only merges the off-diagonal duplicates (mutual neighbours).
+    diagonal = link * (np.bincount(src, minlength=inside.size) + np.bincount(back[both], minlength=inside.size))
+    rows = np.concatenate([np.arange(inside.size, dtype=np.int32), src, back[both]])
+    cols = np.concatenate([inside, dst, inside[src[both]]])
+    vals = np.concatenate([diagonal, np.full(src.size + int(both.sum()), -link)])
     return sparse.csr_matrix((vals, (rows, cols)), shape=(inside.size, n))
 
 
@@ -259,20 +269,23 @@ def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: fl
     outside = ~inside
     values = current.ravel().astype(np.float64)
     image = np.ascontiguousarray(image, dtype=np.float64)
-    try:
-        lap = cf_laplacian(image, epsilon=epsilon, is_known=outside)
-    except ZeroDivisionError:
-        # A window whose colours are (numerically) collinear: its regularised covariance's determinant,
-        # computed by cofactors, cancels to exactly 0 when epsilon is tiny. A larger regulariser fixes it.
-        log.debug("closed-form Laplacian singular at epsilon %g, rebuilt at %g", epsilon, EPSILON_FALLBACK)
-        lap = cf_laplacian(image, epsilon=max(epsilon, EPSILON_FALLBACK), is_known=outside)
+    with ThreadPoolExecutor(1) as pool:
+        # The nonlocal rows (tree builds: serial numba without the GIL) are assembled beside the Laplacian's build.
+        pending = pool.submit(nonlocal_laplacian_rows, image, band, nonlocal_weight) if nonlocal_weight > 0 else None
+        try:
+            lap = cf_laplacian(image, epsilon=epsilon, is_known=outside)
+        except ZeroDivisionError:
+            # A window whose colours are (numerically) collinear: its regularised covariance's determinant,
+            # computed by cofactors, cancels to exactly 0 when epsilon is tiny. A larger regulariser fixes it.
+            log.debug("closed-form Laplacian singular at epsilon %g, rebuilt at %g", epsilon, EPSILON_FALLBACK)
+            lap = cf_laplacian(image, epsilon=max(epsilon, EPSILON_FALLBACK), is_known=outside)
+        nonlocal_rows = pending.result() if pending is not None else None
     rows = lap[inside, :]
     x0 = values[inside]
     weights = prior.ravel()[inside].astype(np.float64)
     local_band = (rows[:, inside] + sparse.diags(weights, format="csr")).tocsr()
     lap_band = local_band
-    if nonlocal_weight > 0:
-        nonlocal_rows = nonlocal_laplacian_rows(image, band, nonlocal_weight)
+    if nonlocal_rows is not None:
         rows = rows + nonlocal_rows
         nonlocal_band = nonlocal_rows[:, inside]
         lap_band = (local_band + nonlocal_band).tocsr()

@@ -60,6 +60,11 @@ def test_override_and_shares() -> None:
     smap = override_semantic_trimap([2], trimap, 4)
     assert smap[0, 2, :2].eq(1).all() and smap[0, 2, 2:].eq(0).all() and smap[0, [0, 1, 3]].eq(0).all()
     assert class_shares(smap, ["a", "b", "c", "d"]) == {"a": 0.0, "b": 0.0, "c": 1.0, "d": 0.0}
+    # a tie goes to the first class; pixels where no class fires are not counted
+    tied = torch.zeros(1, 3, 1, 4)
+    tied[0, 1:, 0, :2] = 0.5
+    tied[0, 0, 0, 2] = 0.2
+    assert class_shares(tied, ["a", "b", "c"]) == pytest.approx({"a": 1 / 3, "b": 2 / 3, "c": 0.0}, abs=1e-4)
 
 
 def test_window_batches_match_one_window_at_a_time() -> None:
