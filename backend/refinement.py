@@ -258,29 +258,57 @@ def _spans(n: int, tile: int, context: int) -> list[tuple[int, int]]:
     return [(s, min(s + tile, n)) for s in range(0, n, tile)]
 
 
+def _window_box(band: np.ndarray) -> tuple[slice, slice]:
+    """The bounding box of ``band`` widened by 2 px: every 3×3 window that contains a band pixel lies inside,
+    with its centre off the box's border, where cf_laplacian skips windows (unless the border is the image's)."""
+    ys, xs = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
+    h, w = band.shape
+    return slice(max(0, ys[0] - 2), min(h, ys[-1] + 3)), slice(max(0, xs[0] - 2), min(w, xs[-1] + 3))
+
+
+def band_laplacian_rows(image: np.ndarray, band: np.ndarray, epsilon: float) -> sparse.csr_matrix:
+    """The ``band`` pixels' rows (B×N, raster order) of the closed-form matting Laplacian of ``image`` (H×W×3),
+    built on the band's bounding box (:func:`_window_box`): cf_laplacian allocates 25 entries for every pixel it
+    is given, and the band rows need only the windows around the band. Equal to slicing the whole image's."""
+    from pymatting import cf_laplacian  # numba JIT: import only when refining
+
+    box = _window_box(band)
+    box_image = np.ascontiguousarray(image[box], dtype=np.float64)
+    box_band = band[box]
+    try:
+        lap = cf_laplacian(box_image, epsilon=epsilon, is_known=~box_band)
+    except ZeroDivisionError:
+        # A window whose colours are (numerically) collinear: its regularised covariance's determinant,
+        # computed by cofactors, cancels to exactly 0 when epsilon is tiny. A larger regulariser fixes it.
+        log.debug("closed-form Laplacian singular at epsilon %g, rebuilt at %g", epsilon, EPSILON_FALLBACK)
+        lap = cf_laplacian(box_image, epsilon=max(epsilon, EPSILON_FALLBACK), is_known=~box_band)
+    rows = lap[box_band.ravel(), :]
+    if box_band.shape == band.shape:
+        return rows
+    # columns from box to image raster indices
+    h, w = band.shape
+    yy, xx = np.mgrid[box]
+    to_image = (yy * w + xx).ravel()
+    return sparse.csr_matrix((rows.data, to_image[rows.indices], rows.indptr), shape=(rows.shape[0], h * w))
+
+
 def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: float, prior: np.ndarray,
            max_iterations: int, nonlocal_weight: float = 0.0) -> np.ndarray | None:
     """One crop: alpha in ``band`` (H×W bool) given ``current`` everywhere else, pulled towards ``current``
     in the band with per-pixel weights ``prior``, under the closed-form Laplacian plus ``nonlocal_weight`` ×
     the nonlocal term (:func:`nonlocal_laplacian_rows`); None if CG does not converge."""
-    from pymatting import cf_laplacian, cg  # numba JIT: import only when refining
+    from pymatting import cg  # numba JIT: import only when refining
 
     inside = band.ravel()
-    outside = ~inside
+    if not inside.any():  # a tile whose band pixels all lie on its held edge (context 0)
+        return current.astype(np.float32)
     values = current.ravel().astype(np.float64)
     image = np.ascontiguousarray(image, dtype=np.float64)
     with ThreadPoolExecutor(1) as pool:
         # The nonlocal rows (tree builds: serial numba without the GIL) are assembled beside the Laplacian's build.
         pending = pool.submit(nonlocal_laplacian_rows, image, band, nonlocal_weight) if nonlocal_weight > 0 else None
-        try:
-            lap = cf_laplacian(image, epsilon=epsilon, is_known=outside)
-        except ZeroDivisionError:
-            # A window whose colours are (numerically) collinear: its regularised covariance's determinant,
-            # computed by cofactors, cancels to exactly 0 when epsilon is tiny. A larger regulariser fixes it.
-            log.debug("closed-form Laplacian singular at epsilon %g, rebuilt at %g", epsilon, EPSILON_FALLBACK)
-            lap = cf_laplacian(image, epsilon=max(epsilon, EPSILON_FALLBACK), is_known=outside)
+        rows = band_laplacian_rows(image, band, epsilon)
         nonlocal_rows = pending.result() if pending is not None else None
-    rows = lap[inside, :]
     x0 = values[inside]
     weights = prior.ravel()[inside].astype(np.float64)
     local_band = (rows[:, inside] + sparse.diags(weights, format="csr")).tocsr()

@@ -18,6 +18,7 @@ from backend.refinement import (
     EPSILON_FALLBACK,
     NONLOCAL_WEIGHT,
     TRANSLUCENT_CLASSES,
+    band_laplacian_rows,
     colour_alpha,
     contradicted_by_colour,
     nonlocal_laplacian_rows,
@@ -222,6 +223,24 @@ def test_nonlocal_rows_are_a_symmetric_laplacian_of_links_that_touch_the_band() 
     # more arrive from other band pixels
     assert (block.diagonal() >= 0.2 * 18 / 20 - 1e-9).all()
     assert (np.abs(rows[:, ~band.ravel()]).sum(axis=1) > 0).any()  # links reach the held pixels too
+
+
+def test_band_laplacian_rows_equal_the_whole_images_laplacian_rows() -> None:
+    """Built on the band's bounding box, the rows are those of the whole image's Laplacian: for a band inside
+    the image, one at its top-left corner and one along its right edge."""
+    from pymatting import cf_laplacian
+
+    rng = np.random.default_rng(1)
+    image = rng.random((40, 50, 3))
+    for rows_, cols in ((slice(12, 20), slice(15, 30)), (slice(0, 6), slice(0, 9)), (slice(5, 35), slice(46, 50))):
+        band = np.zeros((40, 50), bool)
+        band[rows_, cols] = True
+        band[rows_.start + 1, cols.start + 1] = False  # a held pixel inside the band
+        inside = band.ravel()
+        whole = cf_laplacian(image, epsilon=1e-7, is_known=~band)[inside, :]
+        got = band_laplacian_rows(image, band, 1e-7)
+        assert got.shape == whole.shape
+        assert abs(got - whole).max() == 0
 
 
 def test_nonlocal_term_is_off_for_mostly_translucent_unknown_regions() -> None:
