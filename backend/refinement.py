@@ -73,6 +73,8 @@ NONLOCAL_NEIGHBOURS = ((10, 1.0), (10, 0.05))
 # a weight that falls with the per-pixel share did not help: even 1 % of the weight costs smoke 5-10 %).
 TRANSLUCENT_CLASSES = frozenset({"glass_ice", "plastic_bag", "smoke_cloud", "water_drop"})
 TRANSLUCENT_LIMIT = 0.5
+# Rows of band pixels per piece of the closed-form Laplacian's build (band_laplacian_rows).
+LAPLACIAN_STRIP = 64
 # CG iterations before giving up on a tile (its band then keeps the network's alpha).
 MAX_ITERATIONS = 2000
 # The solve runs in tiles of TILE² px that contain band pixels, each with CONTEXT px around it whose outer
@@ -258,38 +260,45 @@ def _spans(n: int, tile: int, context: int) -> list[tuple[int, int]]:
     return [(s, min(s + tile, n)) for s in range(0, n, tile)]
 
 
-def _window_box(band: np.ndarray) -> tuple[slice, slice]:
-    """The bounding box of ``band`` widened by 2 px: every 3×3 window that contains a band pixel lies inside,
-    with its centre off the box's border, where cf_laplacian skips windows (unless the border is the image's)."""
-    ys, xs = np.flatnonzero(band.any(axis=1)), np.flatnonzero(band.any(axis=0))
-    h, w = band.shape
-    return slice(max(0, ys[0] - 2), min(h, ys[-1] + 3)), slice(max(0, xs[0] - 2), min(w, xs[-1] + 3))
-
-
 def band_laplacian_rows(image: np.ndarray, band: np.ndarray, epsilon: float) -> sparse.csr_matrix:
-    """The ``band`` pixels' rows (B×N, raster order) of the closed-form matting Laplacian of ``image`` (H×W×3),
-    built on the band's bounding box (:func:`_window_box`): cf_laplacian allocates 25 entries for every pixel it
-    is given, and the band rows need only the windows around the band. Equal to slicing the whole image's."""
+    """The ``band`` pixels' rows (B×N, raster order) of the closed-form matting Laplacian of ``image`` (H×W×3):
+    equal to slicing the whole image's, but built strip by strip (:data:`LAPLACIAN_STRIP` rows of band pixels
+    each) on the strip's bounding box widened by 2 px, which holds every 3×3 window around its band pixels
+    with the window's centre off the box's border (where cf_laplacian skips windows). cf_laplacian allocates 25
+    entries for every pixel it is given and runs on one core: a band along an outline fills a fraction of
+    its bounding box, and the strips are built on two threads (numba releases the GIL)."""
     from pymatting import cf_laplacian  # numba JIT: import only when refining
 
-    box = _window_box(band)
-    box_image = np.ascontiguousarray(image[box], dtype=np.float64)
-    box_band = band[box]
+    h, w = band.shape
+    ys = np.flatnonzero(band.any(axis=1))
+    strips = [(y, min(y + LAPLACIAN_STRIP, ys[-1] + 1)) for y in range(ys[0], ys[-1] + 1, LAPLACIAN_STRIP)]
+
+    def strip_rows(y0: int, y1: int, eps: float) -> sparse.csr_matrix | None:
+        xs = np.flatnonzero(band[y0:y1].any(axis=0))
+        if xs.size == 0:
+            return None
+        by, bx = slice(max(0, y0 - 2), min(h, y1 + 2)), slice(max(0, xs[0] - 2), min(w, xs[-1] + 3))
+        solved = np.zeros((h, w), bool)  # this strip's band pixels: windows touching no other pixel are skipped
+        solved[y0:y1] = band[y0:y1]
+        box = solved[by, bx]
+        lap = cf_laplacian(np.ascontiguousarray(image[by, bx], dtype=np.float64), epsilon=eps, is_known=~box)
+        rows = lap[box.ravel(), :]
+        yy, xx = np.mgrid[by, bx]
+        to_image = (yy * w + xx).ravel()  # box raster index -> image raster index
+        return sparse.csr_matrix((rows.data, to_image[rows.indices], rows.indptr), shape=(rows.shape[0], h * w))
+
+    def build(eps: float) -> sparse.csr_matrix:
+        with ThreadPoolExecutor(2) as pool:
+            parts = [p for p in pool.map(lambda s: strip_rows(*s, eps), strips) if p is not None]
+        return sparse.vstack(parts, format="csr")
+
     try:
-        lap = cf_laplacian(box_image, epsilon=epsilon, is_known=~box_band)
+        return build(epsilon)
     except ZeroDivisionError:
         # A window whose colours are (numerically) collinear: its regularised covariance's determinant,
         # computed by cofactors, cancels to exactly 0 when epsilon is tiny. A larger regulariser fixes it.
         log.debug("closed-form Laplacian singular at epsilon %g, rebuilt at %g", epsilon, EPSILON_FALLBACK)
-        lap = cf_laplacian(box_image, epsilon=max(epsilon, EPSILON_FALLBACK), is_known=~box_band)
-    rows = lap[box_band.ravel(), :]
-    if box_band.shape == band.shape:
-        return rows
-    # columns from box to image raster indices
-    h, w = band.shape
-    yy, xx = np.mgrid[box]
-    to_image = (yy * w + xx).ravel()
-    return sparse.csr_matrix((rows.data, to_image[rows.indices], rows.indptr), shape=(rows.shape[0], h * w))
+        return build(max(epsilon, EPSILON_FALLBACK))
 
 
 def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: float, prior: np.ndarray,
