@@ -94,7 +94,7 @@ class Manifest:
                         self.records[rec["input"]] = rec
                     except (ValueError, KeyError, TypeError):
                         continue  # a line cut by a crash
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 — kept open for add(), closed by close()
 
     def done(self, key: str, stamp: dict, outputs: list[Path]) -> bool:
         rec = self.records.get(key)
@@ -215,7 +215,7 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
                             arrays["trimap"] = imageio.read_trimap(item.trimap)
                         else:
                             arrays["mask"] = imageio.read_trimap(item.mask)
-                    except Exception as exc:  # unreadable input: record it, keep going
+                    except Exception as exc:  # noqa: BLE001 — unreadable input: record it, keep going
                         fail(item, stamp, "input", str(exc))
                         continue
                     opts = {"outputs": outputs, "classes": classes, "band": band if item.mask is not None else None,
@@ -239,7 +239,7 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
                         if cutout:
                             fg = outcome.arrays.get(P.OUT_FOREGROUND)
                             imageio.write_rgba(paths[1], fg if fg is not None else image, alpha, bits=bits)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 — one unwritable output must not stop the batch
                         fail(item, stamp, "output", str(exc))
                         continue
                     counts["ok"] += 1

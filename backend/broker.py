@@ -480,7 +480,7 @@ class Broker:
             if worker.expiry <= now:
                 self._remove_worker(ident, "missed heartbeats")
         while self.cache:
-            key, (expiry, size, _) = next(iter(self.cache.items()))
+            _key, (expiry, size, _) = next(iter(self.cache.items()))
             if expiry > now and self.cache_bytes <= self.config.cache_bytes:
                 break
             self.cache.popitem(last=False)

@@ -17,11 +17,14 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from backend import protocol as P
+
+if TYPE_CHECKING:  # annotations only (Python 3.10 has no typing.Self); never imported at run time
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +222,7 @@ class Client:
             self._sock.close(linger=0)
             self._sock = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -38,7 +38,7 @@ class MatteRows:
                 Path(out_path).parent.mkdir(parents=True, exist_ok=True)
                 imageio.write_alpha(out_path, res.alpha)  # atomic: temp file + rename
                 status.append("ok")
-            except Exception as exc:  # per-row error, reported in the result
+            except Exception as exc:  # noqa: BLE001 — per-row error, reported in the result
                 log.warning("failed on %s: %s", image_path, exc)
                 status.append(f"error: {exc}")
         return {"image": images, "trimap": trimaps, "output": outputs, "status": status}

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import zmq
 
@@ -39,7 +39,7 @@ STABLE_AFTER = 30.0  # a worker alive this long resets its restart back-off
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with the ``extra=`` fields of the record."""
 
-    _STD = set(vars(logging.makeLogRecord({})))
+    _STD: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
@@ -158,7 +158,7 @@ def _devices(args: argparse.Namespace) -> list[str]:
                 import torch
 
                 count = torch.cuda.device_count()
-            except Exception:  # no torch / broken driver: CPU only
+            except Exception:  # noqa: BLE001 — no torch / broken driver (any import error): CPU only
                 count = 0
         if count:
             n = args.workers or count

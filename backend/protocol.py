@@ -103,12 +103,13 @@ HEARTBEAT_INTERVAL = 1.0  # seconds, both directions
 HEARTBEAT_LIVENESS = 3  # missed heartbeats before a peer is declared dead
 
 # msgpack limits for headers a server receives (untrusted) and replies a client receives.
-REQUEST_UNPACK_LIMITS = dict(max_str_len=4096, max_bin_len=0, max_array_len=64, max_map_len=64, max_ext_len=0)
-REPLY_UNPACK_LIMITS = dict(
-    max_str_len=64 * 1024, max_bin_len=0, max_array_len=4096, max_map_len=4096, max_ext_len=0
-)
+REQUEST_UNPACK_LIMITS = {"max_str_len": 4096, "max_bin_len": 0, "max_array_len": 64, "max_map_len": 64,
+                         "max_ext_len": 0}
+REPLY_UNPACK_LIMITS = {
+    "max_str_len": 64 * 1024, "max_bin_len": 0, "max_array_len": 4096, "max_map_len": 4096, "max_ext_len": 0
+}
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,%d}$" % MAX_ID_LEN)
+_ID_RE = re.compile(rf"^[A-Za-z0-9_.:-]{{1,{MAX_ID_LEN}}}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -144,7 +145,7 @@ def unpack_header(data: bytes | memoryview, limits: Mapping[str, int] = REQUEST_
         raise ProtocolError(E_TOO_LARGE, f"header frame is {len(data)} bytes (limit {MAX_HEADER_BYTES})")
     try:
         obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=True, ext_hook=_no_ext, **limits)
-    except Exception as exc:  # msgpack raises a zoo of types (ValueError, ExtraData, FormatError, ...)
+    except Exception as exc:  # noqa: BLE001 — untrusted input: msgpack raises a zoo of types
         raise ProtocolError(E_BAD_REQUEST, f"header is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(E_BAD_REQUEST, "header must be a msgpack map")

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from backend.predictor import PRECISIONS  # run.precision → autocast dtype (No
 from trainer.checkpoint import find_last, load_snapshot, rng_state, save_snapshot, set_rng_state, unwrap
 from trainer.config import ScheduleConfig, TrainConfig, config_from_dict, read_config_file, save_config
 from trainer.tasks import Task, build_task, to_device
+
+if TYPE_CHECKING:  # annotations only (Python 3.10 has no typing.Self)
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +437,7 @@ class StopSignals:
             signal.signal(sig, handler)
         log.warning("%s: stopping after this step (a snapshot is saved first)", signal.Signals(signum).name)
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self

@@ -106,10 +106,9 @@ def spawn(tmp_path):
     def _spawn(argv: list[str], *, endpoint: str = "", runtime: Path | None = None, env: dict | None = None,
                name: str = "proc") -> Proc:
         log = tmp_path / f"{name}-{len(procs)}.log"
-        fh = open(log, "wb")
-        proc = subprocess.Popen(argv, env=env or child_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
-        fh.close()
+        with open(log, "wb") as fh:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(argv, env=env or child_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
         procs.append(proc)
         return Proc(proc, endpoint, runtime or tmp_path, log)
 
@@ -137,7 +136,7 @@ def daemon(spawn, tmp_path):
         p = spawn(argv, endpoint=endpoint, runtime=runtime, env=env, name="daemon")
         try:
             wait_ready(endpoint, workers=workers if ready_workers is None else ready_workers, curve=curve, proc=p.proc)
-        except Exception:
+        except Exception:  # noqa: BLE001 — any failure to come up is reported with the daemon's log
             raise AssertionError(f"daemon did not start:\n{p.log_text()[-4000:]}")
         p.back = f"ipc://{runtime}/workers.sock" if endpoint.startswith("ipc://") else ""
         return p

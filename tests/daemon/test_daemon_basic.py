@@ -139,9 +139,11 @@ def test_interactive_before_batch(daemon):
 
 def test_unreachable_server_is_a_clear_error(tmp_path):
     t0 = time.monotonic()
-    with pytest.raises(Unavailable, match="daemon running"):
-        with Client(f"ipc://{tmp_path}/nothing.sock", connect_timeout=0.5) as c:
-            c.health()
+    with (
+        pytest.raises(Unavailable, match="daemon running"),
+        Client(f"ipc://{tmp_path}/nothing.sock", connect_timeout=0.5) as c,
+    ):
+        c.health()
     assert time.monotonic() - t0 < 3
 
 
@@ -167,18 +169,18 @@ def test_cli_status_stop_and_second_daemon_refused(daemon, spawn):
     d = daemon()
     env = child_env()
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "status", "--server", d.endpoint],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0 and "ready" in out.stdout and "echo" in out.stdout
     second = subprocess.run([sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", str(d.runtime),
                              "--handler", "daemon_handlers:echo"], env=env, cwd=REPO, capture_output=True,
-                            text=True, timeout=30)
+                            text=True, timeout=30, check=False)
     assert second.returncode == 1 and "already serves" in second.stderr
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "stop", "--runtime-dir", str(d.runtime)],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=40)
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=40, check=False)
     assert out.returncode == 0, out.stderr
     assert d.proc.wait(5) == 0
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "status", "--server", d.endpoint],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "not running" in out.stderr
 
 
@@ -191,14 +193,14 @@ def test_stale_socket_is_replaced_and_non_loopback_refused(daemon, tmp_path):
         assert c.health()["ready"]
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", str(tmp_path / "rt9"),
                           "--bind", f"tcp://0.0.0.0:{free_port()}", "--handler", "daemon_handlers:echo"],
-                         env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=30)
+                         env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 2 and "without CURVE" in out.stderr
     insecure = tmp_path / "open"
     insecure.mkdir(mode=0o777)
     os.chmod(insecure, 0o777)
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "serve", "--runtime-dir", str(insecure),
                           "--handler", "daemon_handlers:echo"], env=child_env(), cwd=REPO, capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, check=False)
     assert out.returncode != 0 and "accessible by others" in out.stderr
 
 

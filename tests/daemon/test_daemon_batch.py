@@ -57,7 +57,7 @@ def test_batch_resume_and_error_report(daemon, tmp_path):
     (out / "img0.png").unlink()  # a missing output is redone
     cli = subprocess.run([sys.executable, "-m", "backend.daemon", "batch", str(imgs), str(out), "--server",
                           d.endpoint, "--quiet"], env=child_env(), cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, check=False)
     assert cli.returncode == 1 and "1 matted, 4 already done, 2 failed" in cli.stderr
 
 

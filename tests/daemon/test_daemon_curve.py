@@ -18,7 +18,7 @@ def make_keys(tmp_path):
     keys = tmp_path / "keys"
     out = subprocess.run([sys.executable, "-m", "backend.daemon", "keys", "--dir", str(keys), "--client", "alice",
                           "--worker", "gpu1", "--worker", "gpu2"], env=child_env(), cwd=REPO, capture_output=True,
-                         text=True, timeout=30)
+                         text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
     assert (keys / "server.key_secret").stat().st_mode & 0o077 == 0
     return keys
@@ -38,9 +38,11 @@ def test_curve_allows_known_key_and_rejects_unknown_and_plaintext(daemon, tmp_pa
     _, secret = zmq.auth.create_certificates(str(stranger_dir), "mallory")
     mallory = CurveClientKeys.from_files(str(keys / "server.key"), secret)
     for curve in (mallory, None):  # unknown key, then plaintext
-        with pytest.raises(Unavailable):
-            with Client(d.endpoint, curve=curve, connect_timeout=1.0, retries=0, heartbeat=0.3) as c:
-                c.health(timeout=2.0)
+        with (
+            pytest.raises(Unavailable),
+            Client(d.endpoint, curve=curve, connect_timeout=1.0, retries=0, heartbeat=0.3) as c,
+        ):
+            c.health(timeout=2.0)
     assert d.proc.poll() is None
 
 
