@@ -76,7 +76,7 @@ OUTPUTS = (OUT_ALPHA, OUT_FOREGROUND, OUT_SEMANTIC)
 
 # --- alpha refinement (backend.refinement) ---------------------------------------------------------
 REFINE_BAND = "band"  # closed-form re-solve where the network is unsure (the default)
-# band + a nonlocal (KNN) term: lower error on opaque detail (hair, fur), about 1.5x the CPU time of "band"
+# band + a nonlocal (KNN) term: lower error on opaque detail (hair, fur), about 1.3-1.4x the CPU time of "band"
 REFINE_NONLOCAL = "nonlocal"
 REFINE_OFF = "off"  # the network's alpha as it is
 REFINE_MODES = (REFINE_BAND, REFINE_NONLOCAL, REFINE_OFF)
