@@ -81,9 +81,14 @@ def held_out_samples(samples: list[Sample]) -> list[Sample]:
     return [s for s in samples if s.name in ALPHAMATTING_HELD_OUT]
 
 
-def validation_samples(samples: list[Sample]) -> list[Sample]:
-    """The model-selection photos (:data:`ALPHAMATTING_VALIDATION`) among ``samples``."""
-    return [s for s in samples if s.name in ALPHAMATTING_VALIDATION]
+def validation_samples(samples: list[Sample], names: Sequence[str] = ALPHAMATTING_VALIDATION) -> list[Sample]:
+    """The model-selection photos among ``samples``: :data:`ALPHAMATTING_VALIDATION`, or a wider set ``names``
+    that a training run held out of its data. The held-out evaluation photos are refused: nothing is selected
+    or tuned on them."""
+    bad = sorted(set(names) & set(ALPHAMATTING_HELD_OUT))
+    if bad:
+        raise ValueError(f"{', '.join(bad)} belong to the held-out evaluation set: never select on them")
+    return [s for s in samples if s.name in set(names)]
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@
 # at its end), $TAG_train.csv and the snapshots $TAG_step_N.pt. Then, here on the CPU (models/README.md):
 #   semantic-matte train average out/matting_step_*.pt --config run-config.json -o avg.pt --bn-batches 50
 #   python3 bench/bench_quality.py --validation backend/weights/semantic-matte-matting.pt out/matting_*.pt avg.pt
-# DISC=path/to/discriminator.pt turns the L_c / L_f terms on (carry the file; default: off).
+# DISC=path/to/discriminator.pt turns the L_c / L_f terms on (carry the file; default: off). INIT=none trains the
+# matting network from scratch (with LR=1e-3); HOLD=GT01,GT03,GT10,GT19 keeps a wider selection set out of the
+# data (default GT01,GT10,GT19); score it here with bench/bench_quality.py --validation … --photos "$HOLD".
 # Two runs can share the GPU (one run's step is overhead-bound): give each its own TAG (file prefix), SEED,
 # PHOTO_SHARE and WORKERS (the 16 cores split; with 6 each the steps wait for data ~58 % of the time, phase
 # 15), source install/device_wheels.sh first and start both with `&`; CSV=log appends the curve to the log
@@ -27,10 +29,10 @@ source install/device_wheels.sh || exit 3
 export SEMANTIC_MATTE_DATA=${SEMANTIC_MATTE_DATA:-$PWD/.devdata}
 LOG="$OUT/${TAG}_train.log"
 t0=$(date +%s)
-timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold-validation \
+timeout "${LIMIT_S:-300}" python3 models/train_default.py --phase gpu-continue --hold "${HOLD:-GT01,GT10,GT19}" \
   --device "${DEVICE:-cuda}" --workers "${WORKERS:-15}" --classifier-steps 0 --steps "${STEPS_M:-6000}" \
   --lr "${LR:-3e-4}" --batch-size "${BATCH:-32}" --fg-cache "${FG_CACHE:-.devdata/fg_cache}" \
-  --seed "${SEED:-10}" --photo-share "${PHOTO_SHARE:-0.5}" \
+  --seed "${SEED:-10}" --photo-share "${PHOTO_SHARE:-0.5}" --init "${INIT:-backend/weights/semantic-matte-matting.pt}" \
   --ckpt-every "${CKPT_EVERY:-250}" ${DISC:+--discriminator "$DISC"} --out "$RUNS" > "$LOG" 2>&1
 echo "$TAG train rc=$? wall=$(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -3 "$LOG" | cut -c1-300

@@ -15,6 +15,7 @@ from backend.evaluation import (
     evaluate,
     find_samples,
     format_table,
+    validation_samples,
     write_report,
 )
 from backend.imageio import MissingFileError, SizeMismatchError
@@ -90,6 +91,14 @@ def test_find_samples_alphamatting(tmp_path):
     assert find_samples(root, "trimap2")[1].trimap_path == root / "trimap2/GT02.png"
     with pytest.raises(DatasetError, match="available: trimap1, trimap2"):
         find_samples(root, "trimap3")
+
+
+def test_validation_samples_default_wider_and_never_held_out(tmp_path):
+    s = find_samples(make_alphamatting(tmp_path / "am"))  # GT01, GT02, GT03
+    assert [x.name for x in validation_samples(s)] == ["GT01"]
+    assert [x.name for x in validation_samples(s, ["GT01", "GT03"])] == ["GT01", "GT03"]
+    with pytest.raises(ValueError, match="GT02 belong to the held-out"):
+        validation_samples(s, ["GT01", "GT02"])
 
 
 def test_find_samples_sim_and_composition(tmp_path):

@@ -414,9 +414,13 @@ def test_default_recipe_script_builds_on_the_toml_configs():
     assert recipe.matting_config(["model.discriminator=d.pt"]).model.discriminator == "d.pt"
     cpu = recipe.matting_config([], (0.3, 0.7))
     assert cpu.data.train[0]["weights"] == [0.3, 0.7] and cpu.optim.weight_decay == gpu.optim.weight_decay
-    held = recipe.matting_config([], hold_validation=True).data.train[0]
+    held = recipe.matting_config([], hold=("GT01", "GT10", "GT19")).data.train[0]
     photos = held["datasets"][1]["names"]
     assert held["weights"] == [0.6, 0.4] and len(photos) == 15 and not {"GT01", "GT10", "GT19"} & set(photos)
+    wide = recipe.matting_config([], hold=("GT01", "GT03", "GT10", "GT19")).data.train[0]["datasets"][1]["names"]
+    assert len(wide) == 14 and "GT03" not in wide
+    with pytest.raises(ValueError, match="GT02"):  # a held-out evaluation photo is not a training photo to hold
+        recipe.matting_config([], hold=("GT01", "GT02"))
 
 
 def test_ship_writes_the_network_and_the_classifier_it_was_trained_with(tmp_path):
