@@ -16,6 +16,8 @@ from backend.models.registry import build_model
 from backend.predictor import MattingPredictor
 from backend.refinement import (
     EPSILON_FALLBACK,
+    NONLOCAL_FAR_PX,
+    NONLOCAL_NEAR_PX,
     NONLOCAL_WEIGHT,
     TRANSLUCENT_CLASSES,
     band_laplacian_rows,
@@ -241,6 +243,25 @@ def test_band_laplacian_rows_equal_the_whole_images_laplacian_rows() -> None:
         got = band_laplacian_rows(image, band, 1e-7)
         assert got.shape == whole.shape
         assert abs(got - whole).max() == 0
+
+
+def test_nonlocal_candidates_thin_out_far_from_the_unknown_region() -> None:
+    """With the trimap's unknown region, the nearby search links only within NONLOCAL_NEAR_PX of it and the
+    colour-anywhere search reaches every 2nd row / column beyond NONLOCAL_FAR_PX; the rows stay a Laplacian."""
+    rng = np.random.default_rng(2)
+    h, w = 40, 400
+    image = rng.random((h, w, 3)).astype(np.float32)
+    unknown = np.zeros((h, w), bool)
+    unknown[:, 10:20] = True
+    band = unknown.copy()
+    rows = nonlocal_laplacian_rows(image, band, 0.2, unknown=unknown)
+    np.testing.assert_allclose(np.asarray(rows.sum(axis=1)).ravel(), 0.0, atol=1e-12)
+    ys, xs = np.divmod(rows.indices[rows.data < 0], w)
+    far = xs >= 20 + NONLOCAL_FAR_PX
+    assert far.any() and (ys[far] % 2 == 0).all() and (xs[far] % 2 == 0).all()
+    near_only = nonlocal_laplacian_rows(image, band, 0.2, ((10, 1.0),), unknown=unknown)
+    assert (near_only.indices % w).max() < 20 + NONLOCAL_NEAR_PX
+    assert (nonlocal_laplacian_rows(image, band, 0.2, ((10, 1.0),)).indices % w).max() >= 20 + NONLOCAL_NEAR_PX
 
 
 def test_nonlocal_term_is_off_for_mostly_translucent_unknown_regions() -> None:
