@@ -28,6 +28,8 @@ import io
 import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -160,16 +162,15 @@ def nonlocal_weight_for(class_shares: Mapping[str, float], weight: float = NONLO
 
 def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
                             neighbours: tuple[tuple[int, float], ...] = NONLOCAL_NEIGHBOURS,
-                            unknown: np.ndarray | None = None) -> sparse.csr_matrix:
+                            unknown: np.ndarray | None = None, searches: Searches | None = None) -> sparse.csr_matrix:
     """The ``band`` pixels' rows (B×N, N = H·W, in raster order of the band) of the graph Laplacian that links
     each band pixel to its nearest neighbours in (r, g, b, w·x, w·y) space, one search of ``k`` neighbours per
     ``(k, w)`` pair in ``neighbours``; x, y are in units of the crop's longer side. Each link weighs
     ``weight`` / (total k) and is symmetric, so the whole matrix is positive semi-definite (KNN matting's
     binary kernel). Only links from band pixels exist: the solve never needs the other rows. With the trimap's
     ``unknown`` region (H×W bool) the candidates are thinned far from it (:data:`NONLOCAL_NEAR_PX`,
-    :data:`NONLOCAL_FAR_PX`); without it every pixel is a candidate."""
-    from pymatting import KDTree  # numba JIT: import only when refining
-
+    :data:`NONLOCAL_FAR_PX`); without it every pixel is a candidate. ``searches``: the :func:`build_searches`
+    of this image, unknown region and neighbours, when built beforehand."""
     h, w = band.shape
     n = h * w
     # int32 indices (a crop is at most 1280² px): half the memory of the link lists, no index conversions in scipy
@@ -177,25 +178,11 @@ def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
     position = np.full(n, -1, np.int32)
     position[inside] = np.arange(inside.size, dtype=np.int32)
     link = weight / sum(k for k, _ in neighbours)
-    scale = 1.0 / max(h - 1, w - 1, 1)
-    yy, xx = np.mgrid[0:h, 0:w]
-    colours = image.reshape(n, 3)
-
-    def features(pixels: np.ndarray, xy_weight: float) -> np.ndarray:
-        f = np.empty((pixels.size, 5), np.float32)
-        f[:, :3] = colours[pixels]
-        f[:, 3] = xx.ravel()[pixels] * (xy_weight * scale)
-        f[:, 4] = yy.ravel()[pixels] * (xy_weight * scale)
-        return f
-
-    candidates = [_search_candidates((h, w), unknown, xy_weight) for _, xy_weight in neighbours]
-    # Building a tree is serial numba code that releases the GIL: the trees are built side by side (the queries
-    # are parallel already).
-    with ThreadPoolExecutor(len(neighbours)) as pool:
-        trees = list(pool.map(lambda c, nb: KDTree(features(c, nb[1])), candidates, neighbours))
+    if searches is None:
+        searches = build_searches(image, unknown, neighbours)
     src, dst = [], []
-    for (k, xy_weight), tree, cand in zip(neighbours, trees, candidates):
-        _, idx = tree.query(features(inside, xy_weight), k=min(k, cand.size))
+    for (k, xy_weight), (cand, tree) in zip(neighbours, searches):
+        _, idx = tree.query(_features(image, inside, xy_weight), k=min(k, cand.size))
         src.append(np.repeat(np.arange(inside.size, dtype=np.int32), idx.shape[1]))
         dst.append(cand[idx.ravel()])
     src, dst = np.concatenate(src), np.concatenate(dst)
@@ -212,6 +199,35 @@ def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
     return sparse.csr_matrix((vals, (rows, cols)), shape=(inside.size, n))
 
 
+# One (candidate raster indices, KD-tree over their features) per nonlocal search.
+Searches = list[tuple[np.ndarray, Any]]
+
+
+def _features(image: np.ndarray, pixels: np.ndarray, xy_weight: float) -> np.ndarray:
+    """(r, g, b, w·x, w·y) of the raster indices ``pixels`` of ``image``, x and y in units of its longer side."""
+    h, w = image.shape[:2]
+    scale = xy_weight * (1.0 / max(h - 1, w - 1, 1))
+    f = np.empty((pixels.size, 5), np.float32)
+    f[:, :3] = image.reshape(h * w, 3)[pixels]
+    f[:, 3] = pixels % w * scale
+    f[:, 4] = pixels // w * scale
+    return f
+
+
+def build_searches(image: np.ndarray, unknown: np.ndarray | None,
+                   neighbours: tuple[tuple[int, float], ...] = NONLOCAL_NEIGHBOURS) -> Searches:
+    """The nonlocal term's KD-trees: they depend on the image and the trimap only, so the predictor builds them
+    beside the network. Building a tree is serial numba code that releases the GIL: the trees are built side by
+    side."""
+    from pymatting import KDTree  # numba JIT: import only when refining
+
+    shape = image.shape[:2]
+    candidates = [_search_candidates(shape, unknown, xy_weight) for _, xy_weight in neighbours]
+    with ThreadPoolExecutor(len(neighbours)) as pool:
+        trees = list(pool.map(lambda c, nb: KDTree(_features(image, c, nb[1])), candidates, neighbours))
+    return list(zip(candidates, trees))
+
+
 def _search_candidates(shape: tuple[int, int], unknown: np.ndarray | None, xy_weight: float) -> np.ndarray:
     """Raster indices (int32) of the pixels one nonlocal search may link to (see :data:`NONLOCAL_NEAR_PX`)."""
     if unknown is None:
@@ -223,11 +239,33 @@ def _search_candidates(shape: tuple[int, int], unknown: np.ndarray | None, xy_we
     return np.flatnonzero(keep.ravel()).astype(np.int32)
 
 
+@dataclass
+class Prepared:
+    """The refinement's work that needs only the image and the trimap (:func:`prepare_refinement`), done while
+    the network runs: the colour alpha, and the nonlocal term's searches when the image is solved in one piece."""
+
+    colour: np.ndarray | None
+    searches: Searches | None = None
+
+
+def prepare_refinement(image: np.ndarray, trimap: np.ndarray, *, nonlocal_term: bool,
+                       colour_tolerance: float | None = COLOUR_TOLERANCE, tile: int = TILE,
+                       context: int = CONTEXT) -> Prepared:
+    """:class:`Prepared` for :func:`refine_alpha` with the same image, trimap and settings (``nonlocal_term``:
+    whether the nonlocal term may apply; its weight comes from the network's class shares, later)."""
+    unknown = trimap == TRIMAP_UNKNOWN
+    colour = colour_alpha(image, trimap) if colour_tolerance is not None and unknown.any() else None
+    h, w = trimap.shape
+    one_piece = len(_spans(h, tile, context)) == 1 and len(_spans(w, tile, context)) == 1
+    searches = build_searches(image, unknown) if nonlocal_term and one_piece and unknown.any() else None
+    return Prepared(colour, searches)
+
+
 def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, sure: float = SURE,
                  margin: int = MARGIN, colour_tolerance: float | None = COLOUR_TOLERANCE,
                  epsilon: float = EPSILON, prior: float = PRIOR, colour_prior: float = COLOUR_PRIOR,
                  nonlocal_weight: float = 0.0, max_iterations: int = MAX_ITERATIONS, tile: int = TILE,
-                 context: int = CONTEXT) -> np.ndarray:
+                 context: int = CONTEXT, prepared: Prepared | None = None) -> np.ndarray:
     """Re-solve ``alpha`` in the network's unsure band under the closed-form matting Laplacian.
 
     Args:
@@ -243,6 +281,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
             from the semantic trimap); 0: the closed-form Laplacian alone.
         max_iterations: CG iterations per tile before giving up on that tile.
         tile, context: tiling of the solve (see ``TILE``).
+        prepared: :func:`prepare_refinement` of this image and trimap with these settings (else done here).
 
     Returns:
         H×W float32 alpha: the solution in the band; elsewhere the trimap's values, and 0 or 1 where the
@@ -250,7 +289,9 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     """
     start, weights = alpha, np.full(alpha.shape, prior, np.float32)
     contradicted = None
-    colour = colour_alpha(image, trimap) if colour_tolerance is not None and (trimap == TRIMAP_UNKNOWN).any() else None
+    if prepared is None:
+        prepared = prepare_refinement(image, trimap, nonlocal_term=False, colour_tolerance=colour_tolerance)
+    colour = prepared.colour
     if colour is not None:
         contradicted = contradicted_by_colour(alpha, trimap, colour, sure=sure, tolerance=colour_tolerance)
         start = np.where(contradicted, colour, alpha).astype(np.float32)
@@ -275,7 +316,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
             crop_band[:, -1] &= cx1 == w
             solved = _solve(image[cy0:cy1, cx0:cx1], out[cy0:cy1, cx0:cx1], crop_band, epsilon,
                             weights[cy0:cy1, cx0:cx1], max_iterations, nonlocal_weight,
-                            trimap[cy0:cy1, cx0:cx1] == TRIMAP_UNKNOWN)
+                            trimap[cy0:cy1, cx0:cx1] == TRIMAP_UNKNOWN, prepared.searches)
             if solved is None:
                 solved, cy0, cx0 = alpha, 0, 0  # this tile keeps the network's alpha
             out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]
@@ -330,11 +371,12 @@ def band_laplacian_rows(image: np.ndarray, band: np.ndarray, epsilon: float) -> 
 
 
 def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: float, prior: np.ndarray,
-           max_iterations: int, nonlocal_weight: float = 0.0, unknown: np.ndarray | None = None) -> np.ndarray | None:
+           max_iterations: int, nonlocal_weight: float = 0.0, unknown: np.ndarray | None = None,
+           searches: Searches | None = None) -> np.ndarray | None:
     """One crop: alpha in ``band`` (H×W bool) given ``current`` everywhere else, pulled towards ``current``
     in the band with per-pixel weights ``prior``, under the closed-form Laplacian plus ``nonlocal_weight`` ×
-    the nonlocal term (:func:`nonlocal_laplacian_rows`, its candidates from the trimap's ``unknown`` region);
-    None if CG does not converge."""
+    the nonlocal term (:func:`nonlocal_laplacian_rows`, its candidates from the trimap's ``unknown`` region, its
+    ``searches`` if built beforehand); None if CG does not converge."""
     from pymatting import cg  # numba JIT: import only when refining
 
     inside = band.ravel()
@@ -345,8 +387,8 @@ def _solve(image: np.ndarray, current: np.ndarray, band: np.ndarray, epsilon: fl
     with ThreadPoolExecutor(1) as pool:
         # The nonlocal rows (tree builds: serial numba without the GIL) are assembled beside the Laplacian's build
         # and the factorisation of the preconditioner.
-        pending = (pool.submit(nonlocal_laplacian_rows, image, band, nonlocal_weight, unknown=unknown)
-                   if nonlocal_weight > 0 else None)
+        pending = (pool.submit(nonlocal_laplacian_rows, image, band, nonlocal_weight, unknown=unknown,
+                               searches=searches) if nonlocal_weight > 0 else None)
         rows = band_laplacian_rows(image, band, epsilon)
         x0 = values[inside]
         weights = prior.ravel()[inside].astype(np.float64)
