@@ -160,45 +160,6 @@ def nonlocal_weight_for(class_shares: Mapping[str, float], weight: float = NONLO
     return 0.0 if translucent >= TRANSLUCENT_LIMIT else weight
 
 
-def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
-                            neighbours: tuple[tuple[int, float], ...] = NONLOCAL_NEIGHBOURS,
-                            unknown: np.ndarray | None = None, searches: Searches | None = None) -> sparse.csr_matrix:
-    """The ``band`` pixels' rows (B×N, N = H·W, in raster order of the band) of the graph Laplacian that links
-    each band pixel to its nearest neighbours in (r, g, b, w·x, w·y) space, one search of ``k`` neighbours per
-    ``(k, w)`` pair in ``neighbours``; x, y are in units of the crop's longer side. Each link weighs
-    ``weight`` / (total k) and is symmetric, so the whole matrix is positive semi-definite (KNN matting's
-    binary kernel). Only links from band pixels exist: the solve never needs the other rows. With the trimap's
-    ``unknown`` region (H×W bool) the candidates are thinned far from it (:data:`NONLOCAL_NEAR_PX`,
-    :data:`NONLOCAL_FAR_PX`); without it every pixel is a candidate. ``searches``: the :func:`build_searches`
-    of this image, unknown region and neighbours, when built beforehand."""
-    h, w = band.shape
-    n = h * w
-    # int32 indices (a crop is at most 1280² px): half the memory of the link lists, no index conversions in scipy
-    inside = np.flatnonzero(band.ravel()).astype(np.int32)
-    position = np.full(n, -1, np.int32)
-    position[inside] = np.arange(inside.size, dtype=np.int32)
-    link = weight / sum(k for k, _ in neighbours)
-    if searches is None:
-        searches = build_searches(image, unknown, neighbours)
-    src, dst = [], []
-    for (k, xy_weight), (cand, tree) in zip(neighbours, searches):
-        _, idx = tree.query(_features(image, inside, xy_weight), k=min(k, cand.size))
-        src.append(np.repeat(np.arange(inside.size, dtype=np.int32), idx.shape[1]))
-        dst.append(cand[idx.ravel()])
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    keep = inside[src] != dst  # a pixel is its own nearest neighbour: a self-link adds nothing
-    src, dst = src[keep], dst[keep]
-    back = position[dst]  # the far end's row, where it is a band pixel too
-    both = back >= 0
-    # Each link (i, j) adds +link at (i, i) and (j, j), -link at (i, j) and (j, i); only band rows are kept. The
-    # diagonal is summed here, so the sparse build only merges the off-diagonal duplicates (mutual neighbours).
-    diagonal = link * (np.bincount(src, minlength=inside.size) + np.bincount(back[both], minlength=inside.size))
-    rows = np.concatenate([np.arange(inside.size, dtype=np.int32), src, back[both]])
-    cols = np.concatenate([inside, dst, inside[src[both]]])
-    vals = np.concatenate([diagonal, np.full(src.size + int(both.sum()), -link)])
-    return sparse.csr_matrix((vals, (rows, cols)), shape=(inside.size, n))
-
-
 # One (candidate raster indices, KD-tree over their features) per nonlocal search.
 Searches = list[tuple[np.ndarray, Any]]
 
@@ -237,6 +198,45 @@ def _search_candidates(shape: tuple[int, int], unknown: np.ndarray | None, xy_we
     if xy_weight < 1:
         keep[::2, ::2] = True
     return np.flatnonzero(keep.ravel()).astype(np.int32)
+
+
+def nonlocal_laplacian_rows(image: np.ndarray, band: np.ndarray, weight: float,
+                            neighbours: tuple[tuple[int, float], ...] = NONLOCAL_NEIGHBOURS,
+                            unknown: np.ndarray | None = None, searches: Searches | None = None) -> sparse.csr_matrix:
+    """The ``band`` pixels' rows (B×N, N = H·W, in raster order of the band) of the graph Laplacian that links
+    each band pixel to its nearest neighbours in (r, g, b, w·x, w·y) space, one search of ``k`` neighbours per
+    ``(k, w)`` pair in ``neighbours``; x, y are in units of the crop's longer side. Each link weighs
+    ``weight`` / (total k) and is symmetric, so the whole matrix is positive semi-definite (KNN matting's
+    binary kernel). Only links from band pixels exist: the solve never needs the other rows. With the trimap's
+    ``unknown`` region (H×W bool) the candidates are thinned far from it (:data:`NONLOCAL_NEAR_PX`,
+    :data:`NONLOCAL_FAR_PX`); without it every pixel is a candidate. ``searches``: the :func:`build_searches`
+    of this image, unknown region and neighbours, when built beforehand."""
+    h, w = band.shape
+    n = h * w
+    # int32 indices (a crop is at most 1280² px): half the memory of the link lists, no index conversions in scipy
+    inside = np.flatnonzero(band.ravel()).astype(np.int32)
+    position = np.full(n, -1, np.int32)
+    position[inside] = np.arange(inside.size, dtype=np.int32)
+    link = weight / sum(k for k, _ in neighbours)
+    if searches is None:
+        searches = build_searches(image, unknown, neighbours)
+    src, dst = [], []
+    for (k, xy_weight), (cand, tree) in zip(neighbours, searches):
+        _, idx = tree.query(_features(image, inside, xy_weight), k=min(k, cand.size))
+        src.append(np.repeat(np.arange(inside.size, dtype=np.int32), idx.shape[1]))
+        dst.append(cand[idx.ravel()])
+    src, dst = np.concatenate(src), np.concatenate(dst)
+    keep = inside[src] != dst  # a pixel is its own nearest neighbour: a self-link adds nothing
+    src, dst = src[keep], dst[keep]
+    back = position[dst]  # the far end's row, where it is a band pixel too
+    both = back >= 0
+    # Each link (i, j) adds +link at (i, i) and (j, j), -link at (i, j) and (j, i); only band rows are kept. The
+    # diagonal is summed here, so the sparse build only merges the off-diagonal duplicates (mutual neighbours).
+    diagonal = link * (np.bincount(src, minlength=inside.size) + np.bincount(back[both], minlength=inside.size))
+    rows = np.concatenate([np.arange(inside.size, dtype=np.int32), src, back[both]])
+    cols = np.concatenate([inside, dst, inside[src[both]]])
+    vals = np.concatenate([diagonal, np.full(src.size + int(both.sum()), -link)])
+    return sparse.csr_matrix((vals, (rows, cols)), shape=(inside.size, n))
 
 
 @dataclass
@@ -292,6 +292,10 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     if prepared is None:
         prepared = prepare_refinement(image, trimap, nonlocal_term=False, colour_tolerance=colour_tolerance)
     colour = prepared.colour
+    h, w = trimap.shape
+    y_spans, x_spans = _spans(h, tile, context), _spans(w, tile, context)
+    # prepared searches cover the whole image: only a solve in one piece can use them
+    searches = prepared.searches if len(y_spans) == len(x_spans) == 1 else None
     if colour is not None:
         contradicted = contradicted_by_colour(alpha, trimap, colour, sure=sure, tolerance=colour_tolerance)
         start = np.where(contradicted, colour, alpha).astype(np.float32)
@@ -301,9 +305,8 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     # pixels (that the colour does not contradict) snapped to 0 or 1.
     out = np.where(trimap == TRIMAP_UNKNOWN, alpha >= 0.5, trimap == TRIMAP_FG).astype(np.float32)
     out[band] = start[band]
-    h, w = band.shape
-    for y0, y1 in _spans(h, tile, context):
-        for x0, x1 in _spans(w, tile, context):
+    for y0, y1 in y_spans:
+        for x0, x1 in x_spans:
             core = band[y0:y1, x0:x1]
             if not core.any():
                 continue
@@ -316,7 +319,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
             crop_band[:, -1] &= cx1 == w
             solved = _solve(image[cy0:cy1, cx0:cx1], out[cy0:cy1, cx0:cx1], crop_band, epsilon,
                             weights[cy0:cy1, cx0:cx1], max_iterations, nonlocal_weight,
-                            trimap[cy0:cy1, cx0:cx1] == TRIMAP_UNKNOWN, prepared.searches)
+                            trimap[cy0:cy1, cx0:cx1] == TRIMAP_UNKNOWN, searches)
             if solved is None:
                 solved, cy0, cx0 = alpha, 0, 0  # this tile keeps the network's alpha
             out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]

@@ -25,6 +25,7 @@ from backend.refinement import (
     contradicted_by_colour,
     nonlocal_laplacian_rows,
     nonlocal_weight_for,
+    prepare_refinement,
     refine_alpha,
     refinement_band,
 )
@@ -279,3 +280,19 @@ def test_nonlocal_term_recovers_strands_from_colours_elsewhere() -> None:
     local = sad_error(refine_alpha(image, trimap, net, nonlocal_weight=0.0), gt, trimap)
     both = sad_error(refine_alpha(image, trimap, net, nonlocal_weight=NONLOCAL_WEIGHT), gt, trimap)
     assert both < local, (both, local)
+
+
+def test_refinement_prepared_beside_the_network_gives_the_same_alpha() -> None:
+    """prepare_refinement (colour alpha and the nonlocal searches, from the image and trimap only) changes
+    nothing but when the work is done; prepared searches of the whole image are not used by a tiled solve."""
+    image, trimap, gt = strands_scene()
+    net = blurry_network(gt, trimap)
+    prepared = prepare_refinement(image, trimap, nonlocal_term=True)
+    assert prepared.colour is not None and prepared.searches is not None
+    for weight in (0.0, NONLOCAL_WEIGHT):
+        np.testing.assert_array_equal(refine_alpha(image, trimap, net, nonlocal_weight=weight, prepared=prepared),
+                                      refine_alpha(image, trimap, net, nonlocal_weight=weight))
+    tiled = {"tile": 48, "context": 16}
+    np.testing.assert_array_equal(
+        refine_alpha(image, trimap, net, nonlocal_weight=NONLOCAL_WEIGHT, prepared=prepared, **tiled),
+        refine_alpha(image, trimap, net, nonlocal_weight=NONLOCAL_WEIGHT, **tiled))
