@@ -66,10 +66,10 @@ def validation(weights: list[Path], classifier: Path | None, refine: str,
                photos: Sequence[str] = evaluation.ALPHAMATTING_VALIDATION) -> None:
     """Mean SAD of each matting weights file on the validation ``photos`` (both trimap sets; the held-out
     evaluation photos are refused): the number a run that left them out of its training data selects its
-    snapshot on. Beside it the mean of the per-photo
-    ratios to closed-form matting's SAD (no photo dominates it, as GT10 dominates the plain sum; issue 6
-    judges each image by that ratio) and a second opinion from 40 procedural images (2 per class, 512², a
-    seed the test set does not use): 6 photo crops are a noisy score. Prints a table; writes nothing."""
+    snapshot on. Beside it the mean of the per-photo ratios to closed-form matting's SAD (no photo dominates
+    it, as GT10 dominates the plain sum; issue 6 judges each image by that ratio) and a second opinion from 40
+    procedural images (2 per class, 512², a seed the test set does not use): a few photo crops are a noisy
+    score. Prints a table; writes nothing."""
     from trainer.data.synthetic import write_dataset
 
     alphamatting = SHARED / "data" / "alphamatting"
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=3, help="procedural test images per class")
     ap.add_argument("--size", type=int, default=512, help="procedural test image size")
     ap.add_argument("--validation", type=Path, nargs="+", metavar="WEIGHTS",
-                    help="only score these matting weights files on the validation photos GT01, GT10, GT19")
+                    help="only score these matting weights files on the validation photos (--photos)")
     ap.add_argument("--photos", default=",".join(evaluation.ALPHAMATTING_VALIDATION),
                     help="--validation: the selection photos, comma-separated (those the run held out of its data)")
     ap.add_argument("--refine", choices=REFINE_MODES, default=REFINE_BAND,
