@@ -171,7 +171,7 @@ def test_fb_terms_known_values_and_grads():
     comp = L.fb_composition_loss(f_hat, b_hat, alpha, image, m["unknown"])
     assert comp.item() == pytest.approx(0.05 * 16 / 17, rel=1e-4)  # α·0.1 = 0.05
     lap = L.fb_laplacian_loss(f_hat, b_hat, fg, bg, levels=2)
-    assert float(lap) < 1e-6  # constant offsets only
+    assert lap.item() < 1e-6  # constant offsets only
     (l1 + comp).backward()
     assert _grad_reaches(f_hat) and _grad_reaches(b_hat)
 
