@@ -440,7 +440,7 @@ class SemanticMatte(Gimp.PlugIn):
         p.add_boolean_argument(
             "nonlocal-edges",
             "_Nonlocal edges (slower)",
-            "Refine with a nonlocal colour term too: better hair and fur, about 1.3x the time",
+            "Refine with a nonlocal colour term too: better hair and fur, about 1.3-1.4x the time",
             False,
             rw,
         )
