@@ -220,7 +220,7 @@ def test_exclusion_loss_known_value_and_grad():
     loss.backward()
     assert _grad_reaches(a_hat) and _grad_reaches(f_hat) and _grad_reaches(b_hat)
     flat_b = torch.zeros(1, 3, H, W)
-    assert float(L.exclusion_loss(a_hat, f_hat, flat_b, unknown)) == 0.0
+    assert L.exclusion_loss(a_hat, f_hat, flat_b, unknown).item() == 0.0
 
 
 # --------------------------------------------------------------------------- L_c and L_f
@@ -268,7 +268,7 @@ def test_gradient_flows_through_frozen_discriminator(mode: str):
     terms = L.discriminator_losses(
         disc, a_hat, alpha, fg, torch.tensor([0, 2]), input_mode=mode, cls_target="soft"
     )
-    assert float(terms["feat"]) > 0
+    assert terms["feat"].item() > 0
     terms["cls"].backward(retain_graph=True)
     assert _grad_reaches(a_hat)  # the official code's no-grad bug (ref §4.3 item 2) would leave this None
     a_hat.grad = None
@@ -328,7 +328,7 @@ def test_simloss_total_weights_and_gradients_reach_every_head():
         + 0.2 * (terms["l_fb"] + terms["feat"] + terms["grad"] + terms["excl"])
         + 0.1 * terms["cls"]
     )
-    assert float(terms["total"]) == pytest.approx(float(expected), rel=1e-6)
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
     assert (w.fb, w.feat, w.grad, w.excl, w.cls) == (0.2, 0.2, 0.2, 0.2, 0.1)
     assert all(torch.isfinite(v) for v in terms.values())
     terms["total"].backward()
