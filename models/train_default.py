@@ -114,11 +114,11 @@ def main() -> None:
     ap.add_argument("--crops-per-item", type=int, default=4,
                     help="gpu-continue: crops per prepared sample (data.crops_per_item; the loader limited the GPU)")
     ap.add_argument("--ship-dir", type=Path, default=WEIGHTS, help="ship: where the shipped files go")
-    ap.add_argument("--hold-validation", action="store_true",
-                    help="gpu-continue / cpu-continue: keep GT01, GT10, GT19 out of training, to select snapshots on")
     ap.add_argument("--hold", default="",
-                    help="gpu-continue / cpu-continue: comma-separated training photos to keep out instead (a wider "
-                         "selection set, e.g. GT01,GT03,GT10,GT19; score it with bench_quality.py --validation --photos)")
+                    help="gpu-continue / cpu-continue: comma-separated training photos to keep out, to select snapshots "
+                         "on (e.g. GT01,GT03,GT10,GT19; score them with bench_quality.py --validation --photos)")
+    ap.add_argument("--hold-validation", dest="hold", action="store_const", const=",".join(ALPHAMATTING_VALIDATION),
+                    help="gpu-continue / cpu-continue: --hold GT01,GT10,GT19")
     ap.add_argument("--lr", type=float, default=3e-4, help="gpu-continue: peak learning rate (cosine, floored at half of it)")
     ap.add_argument("--batch-size", type=int, default=32,
                     help="gpu-continue: crops per step (session 8 on an H200: 0.115 s per step of 32, waiting for "
@@ -135,7 +135,7 @@ def main() -> None:
                          "(default: none, those terms off; session 9 trained one on the CPU: models/README.md)")
     ap.add_argument("--note", default="", help="ship: the training record kept in the file's meta (trained_steps)")
     args = ap.parse_args()
-    hold = tuple(n for n in args.hold.split(",") if n) or (ALPHAMATTING_VALIDATION if args.hold_validation else ())
+    hold = tuple(n for n in args.hold.split(",") if n)
     init = "" if str(args.init) == "none" else args.init  # model.init="": random initialisation
     if args.phase == "ship":
         ship(args.init, args.note, args.ship_dir)
