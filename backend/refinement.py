@@ -64,11 +64,12 @@ COLOUR_RADIUS = 2
 # lines, and ε favours "filled". (Validation: 1e-4 1.635, 1e-3 1.607, 1e-2 1.487, 0.1 1.376, 1 1.405.)
 COLOUR_PRIOR = 0.1
 # The nonlocal term: each band pixel is linked to its nearest neighbours in (r, g, b, w·x, w·y) space (x, y in
-# units of the crop's longer side), one search per (count, w) pair: 10 with w = 1 (similar colour nearby) and
-# 10 with w = 0.05 (similar colour anywhere). Each link weighs NONLOCAL_WEIGHT / 20. Chosen on the validation
-# photos in session 11 (docs/bench/refinement_validation.md); used by refine="nonlocal".
+# units of the crop's longer side), one search per (count, w) pair: 5 with w = 1 (similar colour nearby) and
+# 5 with w = 0.05 (similar colour anywhere). Each link weighs NONLOCAL_WEIGHT / 10. Weight and searches chosen on
+# the validation photos in session 11 with 10 + 10 neighbours; session 14 halved the counts for speed (scores
+# within 0.7 %, 15 % less refinement time; docs/bench/refinement_validation.md); used by refine="nonlocal".
 NONLOCAL_WEIGHT = 0.2
-NONLOCAL_NEIGHBOURS = ((10, 1.0), (10, 0.05))
+NONLOCAL_NEIGHBOURS = ((5, 1.0), (5, 0.05))
 # Search candidates, from the trimap (session 13, for speed: the KD-trees over every pixel of the photo were most of
 # the term's fixed cost): the w >= 1 search ("similar colour nearby") looks only within NEAR_PX of the unknown region,
 # the others at full density within FAR_PX of it and at every 2nd row and column beyond, where all is known. Same

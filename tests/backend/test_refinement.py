@@ -18,6 +18,7 @@ from backend.refinement import (
     EPSILON_FALLBACK,
     NONLOCAL_FAR_PX,
     NONLOCAL_NEAR_PX,
+    NONLOCAL_NEIGHBOURS,
     NONLOCAL_WEIGHT,
     TRANSLUCENT_CLASSES,
     band_laplacian_rows,
@@ -222,9 +223,10 @@ def test_nonlocal_rows_are_a_symmetric_laplacian_of_links_that_touch_the_band() 
     block = rows[:, inside].toarray()
     np.testing.assert_allclose(block, block.T, atol=1e-12)
     assert np.linalg.eigvalsh(block).min() > -1e-10  # with the outside held, positive semi-definite
-    # 2 × 10 links of weight 0.2 / 20 leave each band pixel (at most one self-link per search is dropped);
-    # more arrive from other band pixels
-    assert (block.diagonal() >= 0.2 * 18 / 20 - 1e-9).all()
+    # k links of weight 0.2 / (total k) leave each band pixel per search (at most one self-link per search is
+    # dropped); more arrive from other band pixels
+    total = sum(k for k, _ in NONLOCAL_NEIGHBOURS)
+    assert (block.diagonal() >= 0.2 * (total - len(NONLOCAL_NEIGHBOURS)) / total - 1e-9).all()
     assert (np.abs(rows[:, ~band.ravel()]).sum(axis=1) > 0).any()  # links reach the held pixels too
 
 
