@@ -292,7 +292,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--cutout", action="store_true", help="also write <stem>_cutout.png (RGBA)")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8)
     p.add_argument("--classes", nargs="*", help="class override for the semantic trimap")
-    p.add_argument("--refine", choices=P.REFINE_MODES, help="alpha refinement (default: the daemon's, band)")
+    p.add_argument("--refine", choices=P.REFINE_MODES, help="alpha refinement (default: the daemon's, nonlocal)")
     p.add_argument("--timeout", type=float, default=600.0, help="per-image deadline (s)")
     p.add_argument("--no-recursive", action="store_true")
     p.add_argument("--force", action="store_true", help="redo files already in the manifest")

@@ -327,7 +327,7 @@ class Client:
               progress: ProgressCallback | None = None) -> Reply:
         """Matte one image. ``image``: H×W×3/4 uint8/uint16/float32; ``trimap`` H×W uint8 (0/128/255), or
         ``mask`` H×W (non-zero = foreground) plus ``band`` (unknown band width in pixels). ``refine``:
-        ``"band"`` / ``"off"`` (None = the worker's setting, ``"band"`` unless configured otherwise).
+        ``"nonlocal"`` / ``"band"`` / ``"off"`` (None = the worker's setting, ``protocol.REFINE_DEFAULT``).
         Reply arrays: ``alpha`` (H×W), ``foreground`` (H×W×3 float32), ``semantic`` (C×H×W float32);
         ``reply.meta``: model, device, precision, class_shares, timings."""
         arrays = {"image": image}

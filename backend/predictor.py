@@ -27,6 +27,7 @@ from backend.models.weights import LoadedWeights, WeightsError, find_default, lo
 from backend.protocol import (
     PRECISION_AUTO,
     PRECISION_MODES,
+    REFINE_DEFAULT,
     REFINE_MODES,
     REFINE_NONLOCAL,
     REFINE_OFF,
@@ -171,10 +172,10 @@ class MattingPredictor:
         cuda_graphs: on CUDA, capture the matting net and the classifier batches as CUDA graphs per input
             shape and replay them (removes ~10² Python kernel launches per call). Off by default: each
             shape keeps a private activation pool (4 most recent kept per network); for fixed sizes.
-        refine: "band" (default) re-solves alpha under the closed-form Laplacian where the network is
-            unsure (``backend.refinement``, on the CPU); "nonlocal" adds a KNN-matting term to that solve
-            (lower error on hair and fur, about 1.5x the CPU time; off for translucent classes); "off" returns
-            the network's alpha.
+        refine: "band" re-solves alpha under the closed-form Laplacian where the network is unsure
+            (``backend.refinement``, on the CPU); "nonlocal" (the default, ``protocol.REFINE_DEFAULT``) adds a
+            KNN-matting term to that solve (lower error on hair and fur, about 1.3x the CPU time; off for
+            translucent classes); "off" returns the network's alpha.
         fuse_relu: with ``optimize``, run the ResNet blocks with conv+bias+ReLU fused in cuDNN
             (``accel.fuse_conv_relu``): None = on CUDA (the CPU has no such kernels).
         window_stitch: how the classifier windows' CAMs are summed into the map (``semantic_trimap``'s
@@ -189,7 +190,7 @@ class MattingPredictor:
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
-                 channels_last: bool = True, tile_context: str = "image", refine: str = "band",
+                 channels_last: bool = True, tile_context: str = "image", refine: str = REFINE_DEFAULT,
                  fuse_relu: bool | None = None, window_stitch: str = "auto") -> None:
         self.device = resolve_device(device)
         precision = resolve_precision(precision, self.device)

@@ -75,11 +75,14 @@ OUT_SEMANTIC = "semantic"
 OUTPUTS = (OUT_ALPHA, OUT_FOREGROUND, OUT_SEMANTIC)
 
 # --- alpha refinement (backend.refinement) ---------------------------------------------------------
-REFINE_BAND = "band"  # closed-form re-solve where the network is unsure (the default)
-# band + a nonlocal (KNN) term: lower error on opaque detail (hair, fur), about 1.3-1.4x the CPU time of "band"
+REFINE_BAND = "band"  # closed-form re-solve where the network is unsure
+# band + a nonlocal (KNN) term: lower error on opaque detail (hair, fur), about 1.3x the CPU time of "band"
 REFINE_NONLOCAL = "nonlocal"
 REFINE_OFF = "off"  # the network's alpha as it is
 REFINE_MODES = (REFINE_BAND, REFINE_NONLOCAL, REFINE_OFF)
+# What predictor, CLI, daemon and plug-ins use unless told otherwise (session 14: "nonlocal", once its time per
+# held-out photo came within closed-form matting's; docs/bench/refinement_validation.md)
+REFINE_DEFAULT = REFINE_NONLOCAL
 
 # --- worker precision (announced in a worker's info; chosen at its start, not per request) ----------
 PRECISION_AUTO = "auto"  # bf16 on CPUs with native bf16, fp32 elsewhere (backend.predictor.resolve_precision)

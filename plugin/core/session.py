@@ -76,7 +76,7 @@ class MatteInput:
     class_override: str = ""
     want_foreground: bool = False
     want_semantic: bool = False
-    refine: str = P.REFINE_BAND  # the daemon's alpha refinement (Settings.refine_mode)
+    refine: str = P.REFINE_DEFAULT  # the daemon's alpha refinement (Settings.refine_mode)
 
 
 @dataclass

@@ -37,7 +37,7 @@ class Settings:
     output: str = "mask"
     semantic_preview: bool = False  # also add a layer showing the semantic map / class shares
     refine_edges: bool = True  # daemon re-solves alpha where the network is unsure (protocol option "refine")
-    nonlocal_edges: bool = False  # ... with the nonlocal term: slower, better hair and fur (refine "nonlocal")
+    nonlocal_edges: bool = True  # ... with the nonlocal term: better hair and fur (refine "nonlocal", the default)
     timeout_s: float = 120.0  # whole request deadline
     connect_timeout_s: float = 3.0  # "is the daemon there?" probe
 

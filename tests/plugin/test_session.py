@@ -14,7 +14,7 @@ def test_refine_settings_reach_the_worker(daemon: str, case: dict) -> None:
     with open(case["selection"], "rb") as fh:
         tri = trimap.trimap_from_selection(fh.read(), w, h, 6)
     default = settings.Settings()
-    assert (default.refine_edges, default.nonlocal_edges, default.refine_mode()) == (True, False, P.REFINE_BAND)
+    assert (default.refine_edges, default.nonlocal_edges, default.refine_mode()) == (True, True, P.REFINE_DEFAULT)
     modes = {(True, True): P.REFINE_NONLOCAL, (True, False): P.REFINE_BAND,
              (False, True): P.REFINE_OFF, (False, False): P.REFINE_OFF}
     for (refine, nonlocal_edges), mode in modes.items():

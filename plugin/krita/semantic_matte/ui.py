@@ -74,7 +74,7 @@ class MattePanel(QWidget):
         form.addRow("", self.preview)
         self.refine = QCheckBox("Refine fine edges (closed-form, where the network is unsure)")
         form.addRow("", self.refine)
-        self.nonlocal_edges = QCheckBox("Nonlocal edges (slower; better hair and fur)")
+        self.nonlocal_edges = QCheckBox("Nonlocal edges (better hair and fur; off: faster)")
         form.addRow("", self.nonlocal_edges)
         self.timeout = QSpinBox()
         self.timeout.setRange(1, 3600)
