@@ -166,15 +166,16 @@ def test_predictor_refine_modes() -> None:
     predictor = MattingPredictor(build_model("sim_tiny"), build_model("classifier_tiny"), device="cpu")
     image, trimap, _ = make_example()
     off = predictor.predict(image, trimap, refine="off")
-    band = predictor.predict(image, trimap)
-    assert predictor.refine == P.REFINE_BAND and "refine" in band.timings and "refine" not in off.timings
+    band = predictor.predict(image, trimap, refine=P.REFINE_BAND)
+    assert predictor.refine == P.REFINE_DEFAULT == P.REFINE_NONLOCAL
+    assert "refine" in band.timings and "refine" not in off.timings
     image_f = image.astype(np.float32) / 255
     np.testing.assert_array_equal(band.alpha, refine_alpha(image_f, trimap, off.alpha))
-    knn = predictor.predict(image, trimap, refine=P.REFINE_NONLOCAL, want_semantic=True)
+    knn = predictor.predict(image, trimap, want_semantic=True)
     expected = refine_alpha(image_f, trimap, off.alpha, nonlocal_weight=nonlocal_weight_for(knn.class_shares))
     np.testing.assert_array_equal(knn.alpha, expected)
     [batched] = predictor.predict_batch([image], [trimap])
-    np.testing.assert_array_equal(batched.alpha, band.alpha)
+    np.testing.assert_array_equal(batched.alpha, knn.alpha)
     with pytest.raises(ValueError, match="refine"):
         predictor.predict(image, trimap, refine="smooth")
     with pytest.raises(ValueError, match="refine"):

@@ -86,12 +86,12 @@ def test_gimp_batch_matte_depths_and_daemon_down(daemon: str, case: dict, tmp_pa
     got = np.frombuffer((out / "fur.alpha.raw").read_bytes(), np.uint8).reshape(fur.shape)
     assert np.abs(got.astype(int) - fur.astype(int)).max() == 0
     print("class override changed", f"{(fur != alpha).mean():.3%}", "of the pixels (tiny random model)")
-    # the nonlocal-edges argument asks for refine="nonlocal" (with the fur class: the tiny model's own classifier
-    # calls the test image translucent, which switches the nonlocal term off)
-    assert rep["cases"]["nonlocal"]["status"] == "success"
-    knn, _, _ = hostkit.direct_alpha(daemon, case["image"], tri, classes=["fur"], refine="nonlocal")
-    got = np.frombuffer((out / "nonlocal.alpha.raw").read_bytes(), np.uint8).reshape(knn.shape)
-    assert np.abs(got.astype(int) - knn.astype(int)).max() == 0 and (knn != fur).any()
+    # the nonlocal-edges argument (on by default) off asks for refine="band" (with the fur class: the tiny model's
+    # own classifier calls the test image translucent, which switches the nonlocal term off)
+    assert rep["cases"]["band"]["status"] == "success"
+    band, _, _ = hostkit.direct_alpha(daemon, case["image"], tri, classes=["fur"], refine="band")
+    got = np.frombuffer((out / "band.alpha.raw").read_bytes(), np.uint8).reshape(band.shape)
+    assert np.abs(got.astype(int) - band.astype(int)).max() == 0 and (band != fur).any()
     down = rep["down"]
     assert down["status"] == "execution-error" and "semantic-matte serve" in (down["error"] or "")
     assert down["seconds"] < 6 and not down["mask"]

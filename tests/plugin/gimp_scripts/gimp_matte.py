@@ -33,7 +33,7 @@ def load(precision):
     return img, layer, w, h
 
 
-def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass="", nonlocal_edges=False):
+def run(img, layer, server, output="mask", timeout=60.0, preview=False, klass="", nonlocal_edges=True):
     proc = Gimp.get_pdb().lookup_procedure("plug-in-semantic-matte")
     c = proc.create_config()
     c.set_property("run-mode", Gimp.RunMode.NONINTERACTIVE)
@@ -58,14 +58,14 @@ try:
         ("u16", "u16", "mask", ""),
         ("float", "float", "layer", ""),
         ("fur", "u8", "mask", "fur"),
-        ("nonlocal", "u8", "mask", "fur"),
+        ("band", "u8", "mask", "fur"),
     )
     for name, precision, output, klass in cases:
         img, layer, w, h = load(precision)
         if klass:  # a first run leaves a mask; the class run must replace it, not fail or blend
             run(img, layer, cfg["server"], output)
         status, secs, err = run(img, layer, cfg["server"], output, preview=output == "layer", klass=klass,
-                                nonlocal_edges=name == "nonlocal")
+                                nonlocal_edges=name != "band")
         case = {
             "status": status.value_nick,
             "seconds": round(secs, 2),

@@ -64,9 +64,10 @@ assert panel.klass.count() == 1 + len(ctl.status.classes) and len(ctl.status.cla
 # 2. Widgets -> settings -> Krita's store, and a second panel (the docker) follows.
 docker = MattePanel(ctl)
 panel.band.setValue(37)
-panel.nonlocal_edges.setChecked(True)
+assert panel.nonlocal_edges.isChecked()  # the default: refine="nonlocal"
+panel.nonlocal_edges.setChecked(False)
 saved = Settings.from_json(store.readSetting(SETTINGS_GROUP, "settings", "{}"))
-assert saved.refine_mode() == "nonlocal" and docker.nonlocal_edges.isChecked(), saved
+assert saved.refine_mode() == "band" and not docker.nonlocal_edges.isChecked(), saved
 panel.refine.setChecked(False)
 panel.klass.setCurrentIndex(2)
 saved = Settings.from_json(store.readSetting(SETTINGS_GROUP, "settings", "{}"))
