@@ -138,7 +138,8 @@ def main() -> None:
         cf = evaluation.evaluate(evaluation.closed_form_alpha, samples)  # timed like the pipeline, same machine
         lines.append(f"\n## Held-out alphamatting images, {tset.capitalize()}\n")
         lines.append("| image | SAD | MSE×10³ | Grad | Conn | time s | CF SAD | CF MSE×10³ | CF time s | SAD / CF "
-                     f"| no semantic SAD | network alone SAD | network alone time s | {alt} SAD | {alt} time s |")
+                     f"| no semantic SAD | network alone SAD | network alone time s | {alt or 'other'} SAD "
+                     f"| {alt or 'other'} time s |")
         lines.append("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         ratios = sad_ratios(res, cf)
         for i, (r, c, a, nr, ratio) in enumerate(zip(res.results, cf.results, abl.results, net.results, ratios)):
