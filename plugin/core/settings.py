@@ -14,6 +14,11 @@ from typing import Any
 OUTPUT_MODES = ("mask", "layer")  # transparency / layer mask, or new cut-out layer
 TRIMAP_SOURCES = ("selection", "layer")  # selection + band, or a painted trimap layer
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+# Version of the stored settings. Stored values of a field whose default changed since their version are
+# dropped on load, so that users who never touched it get the new default:
+# 2 (session 14): nonlocal_edges on by default (the daemon's default refinement became "nonlocal").
+SCHEMA = 2
+DEFAULTS_CHANGED = {2: ("nonlocal_edges",)}
 
 
 def default_server() -> str:
@@ -40,6 +45,7 @@ class Settings:
     nonlocal_edges: bool = True  # ... with the nonlocal term: better hair and fur (refine "nonlocal", the default)
     timeout_s: float = 120.0  # whole request deadline
     connect_timeout_s: float = 3.0  # "is the daemon there?" probe
+    schema: int = SCHEMA  # the version these settings were stored with (see DEFAULTS_CHANGED)
 
     def __post_init__(self) -> None:
         if not self.server:
@@ -62,6 +68,7 @@ class Settings:
             "nonlocal_edges": lambda v: isinstance(v, bool),
             "timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 3600,
             "connect_timeout_s": lambda v: isinstance(v, (int, float)) and 0.1 <= v <= 60,
+            "schema": lambda v: v == SCHEMA,
         }
         for f in fields(self):
             if not checks[f.name](getattr(out, f.name)):
@@ -85,6 +92,9 @@ class Settings:
         if not isinstance(data, dict):
             return cls()
         known = {f.name for f in fields(cls)}
+        stored = data.get("schema", 1)  # settings stored before the field existed are version 1
+        if isinstance(stored, int) and not isinstance(stored, bool):
+            known -= {name for version, names in DEFAULTS_CHANGED.items() if stored < version for name in names}
         s = cls()
         for k, v in data.items():
             if k in known:

@@ -131,6 +131,18 @@ def test_settings_roundtrip_and_fallbacks() -> None:
     assert settings.Settings.from_json("not json") == d
 
 
+def test_settings_stored_before_a_default_changed_take_the_new_default() -> None:
+    """Settings stored by an older plug-in hold every field, so an untouched old default looks like a choice:
+    fields whose default changed since the stored version are dropped on load; the rest are kept."""
+    old = {"band": 23, "refine_edges": True, "nonlocal_edges": False}  # version 1: no "schema" field
+    s = settings.Settings.from_json(json.dumps(old))
+    assert (s.band, s.nonlocal_edges, s.schema) == (23, True, settings.SCHEMA)
+    assert s.refine_mode() == "nonlocal"
+    chosen = settings.Settings(nonlocal_edges=False)  # chosen under the current version: kept
+    assert settings.Settings.from_json(chosen.to_json()).nonlocal_edges is False
+    assert settings.Settings.from_json(json.dumps({**old, "schema": "x"})).nonlocal_edges is False
+
+
 def test_status_lines_give_a_hint() -> None:
     st = session.ServerStatus(session.ConnectionState.NOT_RUNNING, "x")
     assert "semantic-matte serve" in st.line
