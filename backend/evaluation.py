@@ -85,10 +85,11 @@ def validation_samples(samples: list[Sample], names: Sequence[str] = ALPHAMATTIN
     """The model-selection photos among ``samples``: :data:`ALPHAMATTING_VALIDATION`, or a wider set ``names``
     that a training run held out of its data. The held-out evaluation photos are refused: nothing is selected
     or tuned on them."""
-    bad = sorted(set(names) & set(ALPHAMATTING_HELD_OUT))
+    wanted = set(names)
+    bad = sorted(wanted & set(ALPHAMATTING_HELD_OUT))
     if bad:
         raise ValueError(f"{', '.join(bad)} belong to the held-out evaluation set: never select on them")
-    return [s for s in samples if s.name in set(names)]
+    return [s for s in samples if s.name in wanted]
 
 
 @dataclass(frozen=True)

@@ -304,7 +304,8 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     band = refinement_band(alpha, trimap, sure=sure, margin=margin, contradicted=contradicted)
     # Outside the band every pixel is a constraint: the trimap's known regions, and the network's sure
     # pixels (that the colour does not contradict) snapped to 0 or 1.
-    out = np.where(trimap == TRIMAP_UNKNOWN, alpha >= 0.5, trimap == TRIMAP_FG).astype(np.float32)
+    unknown = trimap == TRIMAP_UNKNOWN
+    out = np.where(unknown, alpha >= 0.5, trimap == TRIMAP_FG).astype(np.float32)
     out[band] = start[band]
     for y0, y1 in y_spans:
         for x0, x1 in x_spans:
@@ -320,7 +321,7 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
             crop_band[:, -1] &= cx1 == w
             solved = _solve(image[cy0:cy1, cx0:cx1], out[cy0:cy1, cx0:cx1], crop_band, epsilon,
                             weights[cy0:cy1, cx0:cx1], max_iterations, nonlocal_weight,
-                            trimap[cy0:cy1, cx0:cx1] == TRIMAP_UNKNOWN, searches)
+                            unknown[cy0:cy1, cx0:cx1], searches)
             if solved is None:
                 solved, cy0, cx0 = alpha, 0, 0  # this tile keeps the network's alpha
             out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]
