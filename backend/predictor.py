@@ -40,6 +40,7 @@ from backend.semantic_trimap import (
     default_batch_pixels,
     override_semantic_trimap,
     semantic_trimap,
+    semantic_windows,
     window_has_unknown,
 )
 
@@ -316,6 +317,11 @@ class MattingPredictor:
             raise WeightsError(f"classifier has {len(cw.classes)} classes, matting model {len(classes)}")
         meta = {"matting_weights": str(wpath), "classifier_weights": str(cpath) if cpath else None,
                 "arch": mw.arch, "classifier_arch": cw.arch if cw else None, "source": mw.source, **mw.meta}
+        # the sliding windows the checkpoint's pipeline was validated with (official SIM: 320 and 800)
+        try:
+            kwargs.setdefault("window_sizes", semantic_windows(mw.meta))
+        except ValueError as exc:
+            raise WeightsError(f"{wpath}: {exc}") from exc
         pred = cls(mw.model, cw.model if cw else None, classes=classes, device=device,
                    foreground_head=bool(mw.meta.get("foreground_head", False)), meta=meta, **kwargs)
         pred._inplace = True  # the loaded modules are ours alone: optimise them in place, no second weight copy

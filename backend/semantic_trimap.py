@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,23 @@ from torch import nn
 from backend.processing import triton_available
 from backend.protocol import TRIMAP_UNKNOWN
 
-WINDOW_SIZES = (320, 800)
+WINDOW_SIZES = (320, 800)  # the official procedure
+# Checkpoint meta key: the window sizes a checkpoint's pipeline uses instead (see ``semantic_windows``).
+WINDOWS_META_KEY = "semantic_windows"
+
+
+def semantic_windows(meta: Mapping[str, Any]) -> tuple[int, ...]:
+    """The sliding-window sizes for a checkpoint with this ``meta``: its ``semantic_windows`` entry, else the
+    official (320, 800). Our trainer computes each training crop's map from one window over the whole crop
+    (``trainer.tasks.training_semantic_trimap``), so its exports name their crop size: the matting network
+    never saw the context of the 800-px windows, and on the shipped model they cost 7 % of the time per photo
+    for no gain (``docs/bench/semantic_windows.md``)."""
+    sizes = meta.get(WINDOWS_META_KEY, WINDOW_SIZES)
+    if (not isinstance(sizes, (list, tuple)) or not sizes
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 32 for v in sizes)):
+        raise ValueError(f"checkpoint meta {WINDOWS_META_KEY!r} must be a non-empty list of window sizes "
+                         f"(integers >= 32 px), got {sizes!r}")
+    return tuple(sizes)
 
 
 def window_starts(length: int, size: int) -> tuple[int, list[int]]:

@@ -27,6 +27,7 @@ from backend.models.registry import build_model, get_entry
 from backend.models.weights import load_weights
 from backend.processing import build_inputs_torch, normalize_image, trimap_gaussian, trimap_two_channel
 from backend.protocol import TRIMAP_UNKNOWN
+from backend.semantic_trimap import WINDOWS_META_KEY
 from trainer.checkpoint import export_weights, unwrap
 from trainer.config import TrainConfig
 from trainer.losses import SIMLoss, discriminator_input, freeze, masked_cross_entropy
@@ -327,6 +328,7 @@ class MattingTask(Task):
             classes=self.classes,
             device=self.device,
             foreground_head=True,
+            window_sizes=(self.cfg.data.crop_size,),
         )
 
     def evaluate(self, samples: Iterable[dict[str, Any]]) -> dict[str, float]:
@@ -354,7 +356,9 @@ class MattingTask(Task):
     def export(self, path: Path, extra_meta: dict[str, Any] | None = None, half: bool = False) -> Path:
         """Matting weights plus, beside them, the classifier they were trained with (the predictor finds it
         through ``meta["classifier"]``)."""
-        meta: dict[str, Any] = {"foreground_head": True, "smap": self.cfg.model.smap}
+        # the maps it trained on came from one classifier window per crop: inference uses that size too
+        meta: dict[str, Any] = {"foreground_head": True, "smap": self.cfg.model.smap,
+                                WINDOWS_META_KEY: [self.cfg.data.crop_size]}
         if self.cfg.model.classifier:
             src = Path(self.cfg.model.classifier)
             dst = path.parent / src.name

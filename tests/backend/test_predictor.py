@@ -198,6 +198,25 @@ def test_official_checkpoints_reproduce_official_path(tmp_path: Path) -> None:
     assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
 
 
+def test_semantic_windows_come_from_the_checkpoint(tmp_path: Path) -> None:
+    """Official checkpoints slide the official 320 / 800 windows; ours name theirs in the meta; an argument
+    overrides both; a malformed entry is a clear weights error, not a crash at the first request."""
+    wpath, cpath, _, _ = _official_files(tmp_path)
+    assert MattingPredictor.from_pretrained(wpath, cpath, device="cpu").window_sizes == (320, 800)
+    m = build_model("sim_tiny")
+    ours = save_checkpoint(tmp_path / "m.pt", m, kind="matting", classes=SIMD_CLASSES,
+                           meta={"semantic_windows": [256]})
+    assert MattingPredictor.from_pretrained(ours, device="cpu").window_sizes == (256,)
+    assert MattingPredictor.from_pretrained(ours, device="cpu", window_sizes=(320, 800)).window_sizes == (320, 800)
+    plain = save_checkpoint(tmp_path / "plain.pt", m, kind="matting", classes=SIMD_CLASSES)
+    assert MattingPredictor.from_pretrained(plain, device="cpu").window_sizes == (320, 800)
+    for bad in ([], [0], "320", [320.5], [True]):
+        path = save_checkpoint(tmp_path / "bad.pt", m, kind="matting", classes=SIMD_CLASSES,
+                               meta={"semantic_windows": bad})
+        with pytest.raises(WeightsError, match="semantic_windows"):
+            MattingPredictor.from_pretrained(path, device="cpu")
+
+
 def test_official_layout_loads_strictly(tmp_path: Path) -> None:
     wpath, cpath, sim, _ = _official_files(tmp_path)
     lw = load_weights(wpath, "matting")

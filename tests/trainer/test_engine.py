@@ -103,8 +103,10 @@ def test_tiny_matting_run_lowers_loss_on_fixed_batch(tmp_path, helpers):
     weights = tmp_path / "fit" / "matting.pt"
     lw = load_weights(weights, "matting")
     assert lw.meta["foreground_head"] is True and lw.meta["classifier"] == "classifier.pt"
+    # its maps came from one window per training crop: inference slides windows of that size
+    assert lw.meta["semantic_windows"] == [tr.cfg.data.crop_size]
     p = MattingPredictor.from_pretrained(weights=weights, device="cpu")
-    assert p.classifier is not None
+    assert p.classifier is not None and p.window_sizes == (tr.cfg.data.crop_size,)
     res = p.predict(
         batch["image"][0].permute(1, 2, 0).numpy(), batch["trimap"][0, 0].numpy().astype(np.uint8)
     )
