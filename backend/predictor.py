@@ -332,6 +332,7 @@ class MattingPredictor:
                 "classifier": getattr(self.classifier, "arch", None) if self.classifier is not None else None,
                 "classes": list(self.classes), "device": str(self.device), "precision": self.precision,
                 "optimize": self.optimize, "gpu_preprocess": self.gpu_preprocess,
+                "semantic_windows": list(self.window_sizes),
                 "foreground": "head" if self.foreground_head else "estimated", **{k: v for k, v in self.meta.items()
                                                                                   if isinstance(v, (str, int, float))}}
 

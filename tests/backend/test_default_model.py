@@ -28,7 +28,7 @@ def test_default_weights_are_found(predictor: MattingPredictor) -> None:
     assert info["model"] == "sim_lite" and info["classifier_arch"] == "classifier_lite"
     assert info["foreground"] == "head" and len(info["classes"]) == 20
     # one 320-px window size, the crops it trained on (docs/bench/semantic_windows.md)
-    assert predictor.window_sizes == (320,)
+    assert predictor.window_sizes == (320,) and info["semantic_windows"] == [320]
 
 
 def test_bundled_example_through_cli(tmp_path: Path, predictor: MattingPredictor) -> None:
