@@ -255,10 +255,10 @@ def prepare_refinement(image: np.ndarray, trimap: np.ndarray, *, nonlocal_term: 
     """:class:`Prepared` for :func:`refine_alpha` with the same image, trimap and settings (``nonlocal_term``:
     whether the nonlocal term may apply; its weight comes from the network's class shares, later)."""
     unknown = trimap == TRIMAP_UNKNOWN
-    colour = colour_alpha(image, trimap) if colour_tolerance is not None and unknown.any() else None
-    h, w = trimap.shape
-    one_piece = len(_spans(h, tile, context)) == 1 and len(_spans(w, tile, context)) == 1
-    searches = build_searches(image, unknown) if nonlocal_term and one_piece and unknown.any() else None
+    if not unknown.any():
+        return Prepared(None)
+    colour = colour_alpha(image, trimap) if colour_tolerance is not None else None
+    searches = build_searches(image, unknown) if nonlocal_term and _in_one_piece(trimap.shape, tile, context) else None
     return Prepared(colour, searches)
 
 
@@ -293,10 +293,8 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     if prepared is None:
         prepared = prepare_refinement(image, trimap, nonlocal_term=False, colour_tolerance=colour_tolerance)
     colour = prepared.colour
-    h, w = trimap.shape
-    y_spans, x_spans = _spans(h, tile, context), _spans(w, tile, context)
     # prepared searches cover the whole image: only a solve in one piece can use them
-    searches = prepared.searches if len(y_spans) == len(x_spans) == 1 else None
+    searches = prepared.searches if _in_one_piece(trimap.shape, tile, context) else None
     if colour is not None:
         contradicted = contradicted_by_colour(alpha, trimap, colour, sure=sure, tolerance=colour_tolerance)
         start = np.where(contradicted, colour, alpha).astype(np.float32)
@@ -307,7 +305,9 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
     unknown = trimap == TRIMAP_UNKNOWN
     out = np.where(unknown, alpha >= 0.5, trimap == TRIMAP_FG).astype(np.float32)
     out[band] = start[band]
-    for y0, y1 in y_spans:
+    h, w = trimap.shape
+    x_spans = _spans(w, tile, context)
+    for y0, y1 in _spans(h, tile, context):
         for x0, x1 in x_spans:
             core = band[y0:y1, x0:x1]
             if not core.any():
@@ -326,6 +326,11 @@ def refine_alpha(image: np.ndarray, trimap: np.ndarray, alpha: np.ndarray, *, su
                 solved, cy0, cx0 = alpha, 0, 0  # this tile keeps the network's alpha
             out[y0:y1, x0:x1][core] = solved[y0 - cy0:y1 - cy0, x0 - cx0:x1 - cx0][core]
     return out
+
+
+def _in_one_piece(shape: tuple[int, int], tile: int, context: int) -> bool:
+    """Whether :func:`refine_alpha` solves an image of this shape in one piece (no tiles)."""
+    return all(len(_spans(n, tile, context)) == 1 for n in shape)
 
 
 def _spans(n: int, tile: int, context: int) -> list[tuple[int, int]]:
