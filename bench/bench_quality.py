@@ -144,16 +144,16 @@ def main() -> None:
         ratios = sad_ratios(res, cf)
         for i, (r, c, a, nr, ratio) in enumerate(zip(res.results, cf.results, abl.results, net.results, ratios)):
             m = r.metrics
-            nl = f"{other.results[i].metrics['sad']:.2f} | {other.results[i].time_s:.2f}" if other else "| "
+            other_cells = f"{other.results[i].metrics['sad']:.2f} | {other.results[i].time_s:.2f}" if other else "| "
             lines.append(f"| {r.sample.name} | {m['sad']:.2f} | {m['mse']:.2f} | {m['grad']:.2f} | {m['conn']:.2f} | "
                          f"{r.time_s:.2f} | {c.metrics['sad']:.2f} | {c.metrics['mse']:.2f} | {c.time_s:.2f} | "
-                         f"{ratio:.2f} | {a.metrics['sad']:.2f} | {nr.metrics['sad']:.2f} | {nr.time_s:.2f} | {nl} |")
-        s, c, nls = res.summary["overall"], cf.summary["overall"], other.summary["overall"] if other else None
+                         f"{ratio:.2f} | {a.metrics['sad']:.2f} | {nr.metrics['sad']:.2f} | {nr.time_s:.2f} | {other_cells} |")
+        s, c, other_s = res.summary["overall"], cf.summary["overall"], other.summary["overall"] if other else None
         lines.append(f"| **mean** | **{s['sad']:.2f}** | {s['mse']:.2f} | {s['grad']:.2f} | {s['conn']:.2f} | "
                      f"{s['time']:.2f} | **{c['sad']:.2f}** | {c['mse']:.2f} | {c['time']:.2f} | {s['sad'] / c['sad']:.2f} | "
                      f"{abl.summary['overall']['sad']:.2f} | {net.summary['overall']['sad']:.2f} | "
                      f"{net.summary['overall']['time']:.2f} | "
-                     + (f"**{nls['sad']:.2f}** | {nls['time']:.2f} |" if nls else "| |"))
+                     + (f"**{other_s['sad']:.2f}** | {other_s['time']:.2f} |" if other_s else "| |"))
         goal = TARGET_RATIO * c["sad"]
         worst = max(ratios)
         lines.append(f"\nGoal mean SAD ≤ {goal:.2f} (0.8 × CF): **{'met' if s['sad'] <= goal else 'not met'}** "
@@ -162,12 +162,12 @@ def main() -> None:
         summary[tset] = {"sad": s["sad"], "cf_sad": c["sad"], "time": s["time"], "cf_time": c["time"],
                          "worst_ratio": worst, "no_semantic_sad": abl.summary["overall"]["sad"],
                          "network_alone_sad": net.summary["overall"]["sad"]}
-        if nls:
+        if other_s:
             other_worst = max(sad_ratios(other, cf))
-            lines.append(f"With `refine=\"{alt}\"`: mean SAD {nls['sad']:.2f} "
-                         f"({'met' if nls['sad'] <= goal else 'not met'}), worst SAD / CF = {other_worst:.2f}, "
-                         f"time {nls['time']:.2f} s.")
-            summary[tset].update({f"{alt}_sad": nls["sad"], f"{alt}_time": nls["time"], f"{alt}_worst_ratio": other_worst})
+            lines.append(f"With `refine=\"{alt}\"`: mean SAD {other_s['sad']:.2f} "
+                         f"({'met' if other_s['sad'] <= goal else 'not met'}), worst SAD / CF = {other_worst:.2f}, "
+                         f"time {other_s['time']:.2f} s.")
+            summary[tset].update({f"{alt}_sad": other_s["sad"], f"{alt}_time": other_s["time"], f"{alt}_worst_ratio": other_worst})
         reference = cf_reference(tset)
         if reference:
             ref = np.mean([reference[r.sample.name]["sad"] for r in cf.results])
