@@ -209,8 +209,18 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                         "off: network alpha")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """No prefix matching, here and in every subcommand (subparsers default to their parent's class):
+    ``--trimap PATH`` must not be taken for ``--trimap-mode``, and a script's shortened option must not
+    change meaning when an option is added."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semantic-matte", description="Semantic Image Matting (SIM)")
+    parser = CommandParser(prog="semantic-matte", description="Semantic Image Matting (SIM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

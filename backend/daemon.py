@@ -461,7 +461,9 @@ def add_cli(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m backend.daemon SUBCOMMAND`` (the same subcommands as ``semantic-matte``)."""
-    parser = argparse.ArgumentParser(prog="python -m backend.daemon")
+    from backend.cli import CommandParser
+
+    parser = CommandParser(prog="python -m backend.daemon")
     sub = parser.add_subparsers(dest="command", required=True)
     add_cli(sub)
     try:

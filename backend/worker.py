@@ -709,7 +709,9 @@ def worker_main(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backend.worker", description="semantic-matte worker process")
+    from backend.cli import CommandParser
+
+    parser = CommandParser(prog="python -m backend.worker", description="semantic-matte worker process")
     add_worker_arguments(parser)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

@@ -217,7 +217,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m trainer.cli train ...``, e.g. under torchrun)."""
-    parser = argparse.ArgumentParser(prog="semantic-matte")
+    from backend.cli import CommandParser
+
+    parser = CommandParser(prog="semantic-matte")
     add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -269,6 +269,17 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["matte", str(tmp_path / "img.png"), str(mask), "--band", "6", "-o", out, *base]) == 0
 
 
+@pytest.mark.parametrize(("argv", "shortened"), [
+    (["matte", "img.png", "--trimap", "tri.png", "-o", "a.png"], "--trimap"),  # not taken for --trimap-mode
+    (["train", "matting", "--resum"], "--resum"),  # nested subcommands too
+])
+def test_cli_refuses_shortened_options(argv: list[str], shortened: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {shortened}" in capsys.readouterr().err
+
+
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16() -> None:
     native = cpu_has_native_bf16()
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
