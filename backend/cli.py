@@ -106,6 +106,14 @@ def semantic_map_image(semantic: Any, num_classes: int) -> Any:
 def cmd_matte(args: argparse.Namespace) -> int:
     from backend import imageio
 
+    try:  # an unwritable format fails now, not after the matting
+        imageio.check_output_format(args.output, bits=args.bits)
+        if args.cutout is not None:
+            imageio.check_output_format(args.cutout, bits=args.bits, alpha_channel=True)
+        if args.semantic_map is not None:
+            imageio.check_output_format(args.semantic_map)
+    except ValueError as e:
+        raise CliError(str(e), EXIT_USAGE) from e
     image = imageio.read_image(args.image)
     trimap = _load_trimap(args, image.shape[:2])
     t0 = time.perf_counter()

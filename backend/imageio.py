@@ -30,6 +30,7 @@ __all__ = [
     "SizeMismatchError",
     "TrimapError",
     "WeightsError",
+    "check_output_format",
     "check_same_size",
     "read_alpha",
     "read_image",
@@ -325,13 +326,25 @@ def _quantise(a: Any, bits: int, name: str) -> np.ndarray:
     return out.astype(np.uint8 if bits == 8 else np.uint16)
 
 
+def check_output_format(path: PathLike, *, bits: int = 8, alpha_channel: bool = False) -> str:
+    """The lower-case extension of ``path`` if an image can be written there with ``bits`` per channel (and an
+    alpha channel); ValueError otherwise. Callers check before the work whose result would be lost."""
+    suffix = Path(path).suffix.lower()
+    if Image.registered_extensions().get(suffix) is None:
+        raise ValueError(f"{path}: unknown output image extension {suffix or '(none)'!r}; use .png")
+    if alpha_channel and suffix not in _ALPHA_FORMATS:
+        raise ValueError(f"{path}: {suffix} has no alpha channel; use .png, .tif or .webp")
+    if bits == 16 and suffix not in _16BIT_FORMATS:
+        raise ValueError(f"{path}: 16-bit output needs .png or .tif, got {suffix!r}")
+    return suffix
+
+
 def _encode(arr: np.ndarray, suffix: str) -> bytes:
-    """Encode H x W, H x W x 3 (RGB) or H x W x 4 (RGBA) uint8/uint16 into file bytes."""
+    """Encode H x W, H x W x 3 (RGB) or H x W x 4 (RGBA) uint8/uint16 into file bytes (``suffix`` checked by
+    :func:`check_output_format`)."""
     if arr.dtype == np.uint16:
         import cv2
 
-        if suffix not in _16BIT_FORMATS:
-            raise ValueError(f"16-bit output needs .png or .tif, got {suffix!r}")
         bgr = arr
         if arr.ndim == 3:
             bgr = arr[:, :, [2, 1, 0, 3]] if arr.shape[2] == 4 else arr[:, :, ::-1]
@@ -341,11 +354,8 @@ def _encode(arr: np.ndarray, suffix: str) -> bytes:
         return buf.tobytes()
     mode = {2: "L"}.get(arr.ndim) or {3: "RGB", 4: "RGBA"}[arr.shape[2]]
     im = Image.fromarray(np.ascontiguousarray(arr), mode=mode)
-    fmt = Image.registered_extensions().get(suffix)
-    if fmt is None:
-        raise ValueError(f"unknown output image extension {suffix!r}")
     out = io.BytesIO()
-    im.save(out, format=fmt)
+    im.save(out, format=Image.registered_extensions()[suffix])
     return out.getvalue()
 
 
@@ -399,14 +409,14 @@ def write_alpha(path: PathLike, alpha: Any, bits: int = 8) -> Path:
     Returns:
         The path written.
     """
-    arr = _quantise(_check_2d(alpha, "alpha"), bits, "alpha")
-    return _write_atomic(path, _encode(arr, Path(path).suffix.lower()))
+    suffix = check_output_format(path, bits=bits)
+    return _write_atomic(path, _encode(_quantise(_check_2d(alpha, "alpha"), bits, "alpha"), suffix))
 
 
 def write_rgb(path: PathLike, rgb: Any, bits: int = 8) -> Path:
     """Write an H x W x 3 RGB image (float in [0, 1], uint8 or uint16) as 8- or 16-bit."""
-    arr = _quantise(_check_rgb(rgb, "rgb"), bits, "rgb")
-    return _write_atomic(path, _encode(arr, Path(path).suffix.lower()))
+    suffix = check_output_format(path, bits=bits)
+    return _write_atomic(path, _encode(_quantise(_check_rgb(rgb, "rgb"), bits, "rgb"), suffix))
 
 
 def write_rgba(path: PathLike, rgb: Any, alpha: Any, bits: int = 8) -> Path:
@@ -415,9 +425,7 @@ def write_rgba(path: PathLike, rgb: Any, alpha: Any, bits: int = 8) -> Path:
     The colours are stored as given (straight, not premultiplied alpha, as PNG specifies).
     The format must carry alpha (.png, .tif, .webp; 16-bit: .png / .tif).
     """
-    suffix = Path(path).suffix.lower()
-    if suffix not in _ALPHA_FORMATS:
-        raise ValueError(f"{suffix or 'no extension'}: format has no alpha channel; use .png, .tif or .webp")
+    suffix = check_output_format(path, bits=bits, alpha_channel=True)
     c = _quantise(_check_rgb(rgb, "rgb"), bits, "rgb")
     a = _quantise(_check_2d(alpha, "alpha"), bits, "alpha")
     if c.shape[:2] != a.shape:
