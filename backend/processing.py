@@ -37,7 +37,8 @@ def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
     Raises ``ValueError`` if no pixel is unknown (nothing to matte).
     """
     if trimap.ndim != 2:
-        raise ValueError(f"trimap must be H×W, got shape {trimap.shape}")
+        hint = " (a colour file? backend.imageio.read_trimap reads grey-valued RGB(A))" if trimap.ndim == 3 else ""
+        raise ValueError(f"trimap must be H×W, got shape {trimap.shape}{hint}")
     if trimap.dtype != np.uint8:
         if np.issubdtype(trimap.dtype, np.floating) and trimap.max(initial=0) <= 1.0:
             trimap = np.round(trimap * 255.0)

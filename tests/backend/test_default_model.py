@@ -31,6 +31,21 @@ def test_default_weights_are_found(predictor: MattingPredictor) -> None:
     assert predictor.window_sizes == (320,) and info["semantic_windows"] == [320]
 
 
+def test_readme_python_example_runs(predictor: MattingPredictor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Python API block, as written, on the bundled example (its file names swapped in)."""
+    readme = (EXAMPLES.parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"photo.png"' in code and '"trimap.png"' in code
+    code = code.replace('"photo.png"', repr(str(EXAMPLES / "lemur.png")))
+    code = code.replace('"trimap.png"', repr(str(EXAMPLES / "lemur_trimap.png")))
+    monkeypatch.setattr(MattingPredictor, "from_pretrained", classmethod(lambda cls, **kw: predictor))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    result, image = scope["result"], scope["image"]
+    assert result.alpha.shape == image.shape[:2] and result.foreground.shape == image.shape
+    assert result.semantic.shape[0] == 20 and abs(sum(result.class_shares.values()) - 1) < 1e-3
+
+
 def test_bundled_example_through_cli(tmp_path: Path, predictor: MattingPredictor) -> None:
     out, cut = tmp_path / "alpha.png", tmp_path / "cut.png"
     rc = main(["matte", str(EXAMPLES / "lemur.png"), str(EXAMPLES / "lemur_trimap.png"), "-o", str(out),
