@@ -121,8 +121,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+FLOAT_SLACK = 1.0 / 255.0  # resampling overshoot a float image may carry past [0, 1] (clipped, not an error)
+
+
 def as_rgb(image: np.ndarray) -> np.ndarray:
-    """H×W×3 view/copy of grey, RGB or RGBA input, dtype unchanged (uint8, uint16 or float)."""
+    """H×W×3 view/copy of grey, RGB or RGBA input, dtype unchanged (uint8, uint16 or float in [0, 1]).
+    ValueError for other shapes or dtypes, and for float data outside [0, 1] or not finite."""
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -130,6 +134,14 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     image = image[..., :3]
     if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
         raise ValueError(f"unsupported image dtype {image.dtype}")
+    if image.dtype.kind == "f" and image.size:
+        # 0–255 floats or NaNs would otherwise be clipped into a plausible-looking wrong matte
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("image contains NaN or infinite values")
+        if lo < -FLOAT_SLACK or hi > 1.0 + FLOAT_SLACK:
+            raise ValueError(f"a float image must hold values in [0, 1], got [{lo:g}, {hi:g}]"
+                             + (" (8-bit data? divide by 255)" if lo >= 0 and hi <= 255.0 else ""))
     return image
 
 

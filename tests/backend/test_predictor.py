@@ -60,6 +60,15 @@ def test_predict_errors(tiny_predictor: MattingPredictor) -> None:
         tiny_predictor.predict(image, t127)
     np.testing.assert_array_equal(tiny_predictor.predict(image, t127, trimap_mode="tolerant").alpha,
                                   tiny_predictor.predict(image, trimap).alpha)
+    # float input outside [0, 1] or not finite is refused, not clipped into a wrong matte
+    with pytest.raises(ValueError, match=r"\[0, 1\], got \[0, 2\d\d\] \(8-bit data\? divide by 255\)"):
+        tiny_predictor.predict(image.astype(np.float32), trimap)
+    with pytest.raises(ValueError, match="NaN"):
+        tiny_predictor.predict(np.where(image > 100, np.nan, image / 255.0), trimap)
+    with pytest.raises(ValueError, match=r"got \[-0\.5"):
+        tiny_predictor.predict(image / 255.0 - 0.5, trimap)
+    slight = tiny_predictor.predict(np.minimum(image / 255.0 * 1.003, 1.003), trimap).alpha  # resampling overshoot
+    assert slight.shape == trimap.shape
 
 
 def test_class_override_changes_result(tiny_predictor: MattingPredictor) -> None:
