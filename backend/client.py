@@ -175,7 +175,10 @@ class Client:
                  retry_busy: bool = False, curve: CurveClientKeys | None = None,
                  context: zmq.Context | None = None, as_numpy: bool | None = None,
                  heartbeat: float = P.HEARTBEAT_INTERVAL, connect_timeout: float = 5.0) -> None:
-        self.address = address or P.default_endpoint()
+        try:
+            self.address = P.parse_endpoint(address) if address else P.default_endpoint()
+        except ValueError as exc:
+            raise ServerError(str(exc), code=P.E_BAD_REQUEST) from None
         self.timeout = float(timeout)
         self.retries = int(retries)
         self.retry_busy = retry_busy

@@ -327,7 +327,7 @@ def status(args: argparse.Namespace) -> int:
             health = client.health()
             info = client.info()
     except ServerError as exc:
-        print(f"not running: {exc.message}", file=sys.stderr)
+        print(f"{'error' if exc.code == P.E_BAD_REQUEST else 'not running'}: {exc.message}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps({"health": health, "info": info}, indent=2))

@@ -469,6 +469,22 @@ def runtime_dir() -> str:
     return os.path.join(tempfile.gettempdir(), f"semantic-matte-{uid}")
 
 
+def parse_endpoint(text: str) -> str:
+    """A daemon address as ZeroMQ connects to it: ``tcp://HOST:PORT`` or ``ipc://PATH``; a bare ``HOST:PORT``
+    means tcp, surrounding blanks are dropped. ValueError naming the accepted forms otherwise (ZeroMQ itself
+    only says "Invalid argument")."""
+    address = str(text).strip()
+    if "://" not in address and re.fullmatch(r"[^/\s:]+:\d+|\[[0-9A-Fa-f:.]+\]:\d+", address):
+        address = "tcp://" + address
+    scheme, _, rest = address.partition("://")
+    host, _, port = rest.rpartition(":")
+    valid = (scheme == "ipc" and len(rest) > 0) or (
+        scheme == "tcp" and bool(host) and "/" not in rest and port.isdigit() and 0 < int(port) < 65536)
+    if not valid:
+        raise ValueError(f"not a daemon address: {text!r}; use tcp://HOST:PORT (or HOST:PORT) or ipc://PATH")
+    return address
+
+
 def default_endpoint() -> str:
     """Client-facing endpoint: $SEMANTIC_MATTE_ENDPOINT, else ipc://<runtime_dir>/broker.sock (tcp on Windows)."""
     import os

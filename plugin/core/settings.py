@@ -21,6 +21,20 @@ SCHEMA = 2
 DEFAULTS_CHANGED = {2: ("nonlocal_edges",)}
 
 
+def parse_server(text: Any) -> str:
+    """The daemon address as the protocol reads it (``HOST:PORT`` becomes ``tcp://HOST:PORT``); ValueError if it
+    is none (a stored non-string included)."""
+    if isinstance(text, str):
+        try:
+            from backend.protocol import parse_endpoint
+        except Exception:  # noqa: BLE001 - as default_server: a damaged backend copy must not break loading
+            if "://" in text:
+                return text.strip()
+        else:
+            return parse_endpoint(text)
+    raise ValueError(f"not a daemon address: {text!r}")
+
+
 def default_server() -> str:
     """Daemon address: the protocol's default ($SEMANTIC_MATTE_ENDPOINT or the local ipc socket)."""
     try:  # the protocol module owns the canonical default when it defines one
@@ -56,8 +70,12 @@ class Settings:
         """Copy with every out-of-range / mistyped field replaced by its default."""
         d = Settings()
         out = Settings(**asdict(self))
+        try:
+            out.server = parse_server(out.server)
+        except ValueError:
+            out.server = d.server
         checks = {
-            "server": lambda v: isinstance(v, str) and "://" in v,
+            "server": lambda v: isinstance(v, str),
             "band": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1000,
             "trimap_source": lambda v: v in TRIMAP_SOURCES,
             "trimap_layer": lambda v: isinstance(v, str),

@@ -142,6 +142,28 @@ def test_encode_converts_only_when_needed():
     assert spec.shape == (2, 2, 3) and buf is raw.data
 
 
+@pytest.mark.parametrize(("text", "address"), [
+    ("tcp://127.0.0.1:5557", "tcp://127.0.0.1:5557"), (" localhost:5557 ", "tcp://localhost:5557"),
+    ("[::1]:5557", "tcp://[::1]:5557"), ("ipc:///run/x.sock", "ipc:///run/x.sock"),
+    ("tcp://127.0.0.1", None), ("localhost", None), ("tcp://h:0", None), ("tcp://h:70000", None),
+    ("http://h:80", None), ("ipc://", None), ("", None),
+])
+def test_parse_endpoint(text, address):
+    if address is None:
+        with pytest.raises(ValueError, match=r"not a daemon address.*tcp://HOST:PORT"):
+            P.parse_endpoint(text)
+    else:
+        assert P.parse_endpoint(text) == address
+
+
+def test_client_refuses_a_malformed_address_before_connecting():
+    from backend.client import Client, ServerError
+
+    with pytest.raises(ServerError, match="not a daemon address") as info:
+        Client("localhost")  # ZeroMQ would only say "Invalid argument"
+    assert info.value.code == P.E_BAD_REQUEST
+
+
 def test_default_endpoint_env(monkeypatch, tmp_path):
     monkeypatch.setenv(P.ENV_RUNTIME_DIR, str(tmp_path))
     monkeypatch.delenv(P.ENV_ENDPOINT, raising=False)

@@ -129,6 +129,9 @@ def test_settings_roundtrip_and_fallbacks() -> None:
     assert (s2.band, s2.output, s2.server, s2.timeout_s, s2.refine_edges, s2.nonlocal_edges) == (
         d.band, d.output, d.server, d.timeout_s, d.refine_edges, d.nonlocal_edges)
     assert settings.Settings.from_json("not json") == d
+    # a typed address is read as the protocol reads it; one that is none falls back to the default
+    assert settings.Settings(server=" localhost:5557 ").validated().server == "tcp://localhost:5557"
+    assert settings.Settings(server="tcp://127.0.0.1").validated().server == d.server
 
 
 def test_settings_stored_before_a_default_changed_take_the_new_default() -> None:
