@@ -278,9 +278,12 @@ def _check(value: str, allowed: tuple[str, ...], key: str) -> None:
 
 
 def validate(cfg: TrainConfig) -> None:
+    from backend.models.registry import list_models
     from trainer.losses import CLS_TARGETS, DISC_INPUTS, GRADIENT_FORMS
 
     _check(cfg.task, TASKS, "task")
+    # the discriminator is a classifier architecture
+    _check(cfg.model.arch, tuple(list_models("matting" if cfg.task == "matting" else "classifier")), "model.arch")
     _check(cfg.run.precision, PRECISIONS, "run.precision")
     _check(cfg.optim.name, OPTIMIZERS, "optim.name")
     _check(cfg.schedule.policy, LR_POLICIES, "schedule.policy")

@@ -386,6 +386,12 @@ def test_config_overrides_files_and_errors(tmp_path):
         load_config(None, ["run.precision=fp8"])
     with pytest.raises(ConfigError, match="multiple of 8"):
         load_config(None, ["data.crop_size=100"])
+    # an unknown or wrong-kind architecture is a config error, not a crash when the model is built
+    with pytest.raises(ConfigError, match="model.arch must be one of sim_lite"):
+        load_config(None, ["model.arch=sim_huge"])
+    with pytest.raises(ConfigError, match="model.arch"):
+        load_config(None, ["model.arch=classifier_lite"])  # the task is matting
+    assert load_config(None, ["task=discriminator", "model.arch=classifier_r18"]).model.arch == "classifier_r18"
 
 
 @pytest.mark.parametrize("name", ["tiny_cpu_smoke.toml", "default_sim_lite.toml", "full_sim_r50.toml"])
