@@ -280,11 +280,13 @@ def batch_command(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
+    from backend.cli import endpoint_argument
+
     p = subparsers.add_parser("batch", help="matte a folder through the daemon (resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("in_dir")
     p.add_argument("out_dir")
-    p.add_argument("--server", help="daemon endpoint (default: the local daemon)")
+    p.add_argument("--server", type=endpoint_argument, help="daemon endpoint (default: the local daemon)")
     p.add_argument("--trimaps", help="folder of trimaps named like the images")
     p.add_argument("--masks", help="folder of binary masks named like the images (needs --band)")
     p.add_argument("--band", type=int, help="unknown band width in px around mask edges")

@@ -227,6 +227,15 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def endpoint_argument(text: str) -> str:
+    """argparse ``type`` of the daemon address options (``--server``, ``--bind``, ``--connect``): the address as
+    ``protocol.parse_endpoint`` reads it, or a usage error naming the accepted forms."""
+    try:
+        return P.parse_endpoint(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="semantic-matte", description="Semantic Image Matting (SIM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -241,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="classes", nargs="+", metavar="NAME", help="override the classifier's classes")
     p.add_argument("--band", type=int, help="treat TRIMAP as a binary mask; unknown band of this width in px")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth of the outputs")
-    p.add_argument("--server", metavar="ADDR", help="run through a daemon (e.g. ipc:///run/... or tcp://127.0.0.1:5555)")
+    p.add_argument("--server", metavar="ADDR", type=endpoint_argument, help="run through a daemon (e.g. ipc:///run/... or tcp://127.0.0.1:5555)")
     _add_model_options(p)
     p.set_defaults(func=cmd_matte)
 

@@ -399,9 +399,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_cli(subparsers: Any) -> None:
     """Register serve, status, stop, keys and worker (each ``set_defaults(func=...)`` -> exit code)."""
+    from backend.cli import endpoint_argument
+
     p = subparsers.add_parser("serve", help="run the matting daemon (broker + workers)")
-    p.add_argument("--bind", help="client endpoint (default ipc://<runtime dir>/broker.sock; tcp://127.0.0.1:PORT)")
-    p.add_argument("--worker-bind", help="worker endpoint (default: next to --bind; tcp port + 1)")
+    p.add_argument("--bind", type=endpoint_argument, help="client endpoint (default ipc://<runtime dir>/broker.sock; tcp://127.0.0.1:PORT)")
+    p.add_argument("--worker-bind", type=endpoint_argument, help="worker endpoint (default: next to --bind; tcp port + 1)")
     p.add_argument("--workers", type=int, default=None,
                    help="worker processes (default: one per GPU, else 1 CPU worker; 0 = none, for remote workers)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, or a list: cuda:0,cuda:1")
@@ -434,7 +436,7 @@ def add_cli(subparsers: Any) -> None:
 
     for name, fn, text in (("status", status, "show daemon health and workers"),):
         p = subparsers.add_parser(name, help=text)
-        p.add_argument("--server", help="daemon endpoint (default: local ipc socket)")
+        p.add_argument("--server", type=endpoint_argument, help="daemon endpoint (default: local ipc socket)")
         p.add_argument("--server-key", help="CURVE server public key file")
         p.add_argument("--client-secret", help="CURVE client secret key file")
         p.add_argument("--json", action="store_true")

@@ -654,7 +654,9 @@ class Worker:
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--connect", required=True, help="broker back-end endpoint (tcp://HOST:PORT or ipc://PATH)")
+    from backend.cli import endpoint_argument
+
+    parser.add_argument("--connect", required=True, type=endpoint_argument, help="broker back-end endpoint (tcp://HOST:PORT or ipc://PATH)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--precision", default=P.PRECISION_AUTO, choices=P.PRECISION_MODES)
     parser.add_argument("--weights", help="matting weights file (default: the installed default weights)")

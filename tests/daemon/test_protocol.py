@@ -164,6 +164,17 @@ def test_client_refuses_a_malformed_address_before_connecting():
     assert info.value.code == P.E_BAD_REQUEST
 
 
+@pytest.mark.parametrize("argv", [["status", "--server", "localhost"], ["batch", "in", "out", "--server", "localhost"],
+                                  ["serve", "--bind", "localhost"], ["worker", "--connect", "localhost"],
+                                  ["matte", "i.png", "t.png", "-o", "a.png", "--server", "localhost"]])
+def test_every_address_option_is_parsed_as_an_endpoint(argv, capsys):
+    from backend.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and "not a daemon address: 'localhost'" in capsys.readouterr().err
+
+
 def test_default_endpoint_env(monkeypatch, tmp_path):
     monkeypatch.setenv(P.ENV_RUNTIME_DIR, str(tmp_path))
     monkeypatch.delenv(P.ENV_ENDPOINT, raising=False)
