@@ -236,6 +236,17 @@ def endpoint_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def band_argument(text: str) -> int:
+    """argparse ``type`` of ``--band``: the unknown band's width around a mask's edge, ≥ 1 px."""
+    try:
+        band = int(text)
+    except ValueError:
+        band = 0
+    if band < 1:
+        raise argparse.ArgumentTypeError(f"the band width is a whole number of px ≥ 1, got {text!r}")
+    return band
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="semantic-matte", description="Semantic Image Matting (SIM)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -248,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutout", type=Path, help="also write an RGBA cut-out with decontaminated colours")
     p.add_argument("--semantic-map", type=Path, help="also write the semantic trimap as a colour image")
     p.add_argument("--class", dest="classes", nargs="+", metavar="NAME", help="override the classifier's classes")
-    p.add_argument("--band", type=int, help="treat TRIMAP as a binary mask; unknown band of this width in px")
+    p.add_argument("--band", type=band_argument, help="treat TRIMAP as a binary mask; unknown band of this width in px")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth of the outputs")
     p.add_argument("--server", metavar="ADDR", type=endpoint_argument, help="run through a daemon (e.g. ipc:///run/... or tcp://127.0.0.1:5555)")
     _add_model_options(p)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,12 @@ def load_weights(path: str | Path, kind: str) -> LoadedWeights:
         raise WeightsError(f"weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's text suggests weights_only=False (arbitrary code execution); say what was refused instead
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(e))
+        raise WeightsError(f"cannot read weights file {path}: not a checkpoint of plain tensors and data "
+                           f"({reason.group(1)[:160] if reason else 'unpickling failed'}); files that need code "
+                           "to load are refused") from e
     except Exception as e:  # torch raises many types for corrupt / foreign files
         raise WeightsError(f"cannot read weights file {path}: {str(e).splitlines()[0][:200]}") from e
     if not isinstance(obj, dict):

@@ -136,6 +136,11 @@ def test_own_checkpoint_roundtrip_fp16(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="cannot read"):
         load_weights(bad, "matting")
+    # a pickle that needs code to load is refused, and the message does not advise weights_only=False
+    torch.save({"state_dict": {}, "hook": print}, bad)
+    with pytest.raises(WeightsError, match="files that need code to load are refused") as info:
+        load_weights(bad, "matting")
+    assert "weights_only" not in str(info.value)
 
 
 def _official_files(tmp_path: Path) -> tuple[Path, Path, torch.nn.Module, torch.nn.Module]:
@@ -292,6 +297,14 @@ def test_cli_refuses_shortened_options(argv: list[str], shortened: str, capsys: 
         main(argv)
     assert exit_info.value.code == 2
     assert f"unrecognized arguments: {shortened}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["matte", "i.png", "m.png", "-o", "a.png", "--band", "-3"],
+                                  ["batch", "in", "out", "--band", "x"]])
+def test_cli_band_is_a_positive_width(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "argument --band: the band width" in capsys.readouterr().err
 
 
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16() -> None:
