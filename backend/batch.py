@@ -54,14 +54,15 @@ def _find_guide(folder: Path, rel: Path) -> Path | None:
 
 
 def discover(in_dir: Path, *, trimaps: Path | None = None, masks: Path | None = None,
-             recursive: bool = True) -> Iterator[Item]:
-    """Yield input images in sorted order with their trimap or mask (see the module docstring)."""
+             recursive: bool = True, out_dir: Path | None = None) -> Iterator[Item]:
+    """Yield input images in sorted order with their trimap or mask (see the module docstring). Nothing under
+    the guide folders or ``out_dir`` is an input (an output folder inside IN_DIR must not feed the next run)."""
     if trimaps is None and masks is None:
         for cand in (in_dir / "trimaps", in_dir.parent / "trimaps", in_dir.parent / "trimap"):
             if cand.is_dir():
                 trimaps = cand
                 break
-    skip = {p.resolve() for p in (trimaps, masks) if p is not None}
+    skip = {p.resolve() for p in (trimaps, masks, out_dir) if p is not None}
     pattern = "**/*" if recursive else "*"
     for path in sorted(in_dir.glob(pattern)):
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTS:
@@ -167,7 +168,7 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
         options["refine"] = refine
     options_hash = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     items = list(discover(in_dir, trimaps=Path(trimaps) if trimaps else None, masks=Path(masks) if masks else None,
-                          recursive=recursive))
+                          recursive=recursive, out_dir=out_dir))
     manifest = Manifest(out_dir / MANIFEST)
     errors: list[dict] = []
     counts = {"ok": 0, "skipped": 0, "failed": 0, "total": len(items)}
