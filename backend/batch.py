@@ -62,7 +62,9 @@ def discover(in_dir: Path, *, trimaps: Path | None = None, masks: Path | None = 
             if cand.is_dir():
                 trimaps = cand
                 break
-    skip = {p.resolve() for p in (trimaps, masks, out_dir) if p is not None}
+    skip = {p.resolve() for p in (trimaps, masks) if p is not None}
+    if out_dir is not None and in_dir.resolve() in out_dir.resolve().parents:
+        skip.add(out_dir.resolve())
     pattern = "**/*" if recursive else "*"
     for path in sorted(in_dir.glob(pattern)):
         if not path.is_file() or path.suffix.lower() not in IMAGE_EXTS:
@@ -162,6 +164,9 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
         raise FileNotFoundError(f"input folder {in_dir} does not exist")
     if masks is not None and not band:
         raise ValueError("--masks needs --band N (unknown band width in pixels)")
+    if out_dir.resolve() == in_dir.resolve():
+        raise ValueError(f"the output folder must differ from the input folder {in_dir}: the mattes would replace "
+                         "the images")
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"cutout": cutout, "bits": bits, "classes": classes, "band": band}
     if refine is not None:  # kept out of the hash when unset: manifests from before the option stay valid

@@ -39,10 +39,13 @@ def test_discovery_rules(tmp_path):
     assert items["sub/img1"].trimap == tris / "sub" / "img1.png" and items["sub/img3"].trimap is None
     with_masks = {str(i.rel): i for i in discover(imgs, masks=masks)}
     assert with_masks["img2"].mask == masks / "img2.png"
+    assert {str(i.rel) for i in discover(imgs, out_dir=tmp_path)} == set(items)  # IN_DIR inside OUT_DIR
     # an output folder inside the input folder is not read back as input on the next run
     (imgs / "out" / "sub").mkdir(parents=True)
     (imgs / "out" / "sub" / "img1.png").write_bytes((imgs / "sub" / "img1.png").read_bytes())
     assert {str(i.rel) for i in discover(imgs, out_dir=imgs / "out")} == set(items)
+    with pytest.raises(ValueError, match="must differ from the input folder"):
+        run_batch(imgs, imgs / "sub" / "..", progress=False)  # the mattes would overwrite the images
 
 
 def test_batch_resume_and_error_report(daemon, tmp_path):
