@@ -182,21 +182,30 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
         base = out_dir / item.rel
         return [base.with_suffix(".png")] + ([base.parent / (base.name + "_cutout.png")] if cutout else [])
 
-    todo = []
+    todo, clashes, claimed = [], [], {}
     for item in items:
+        first = claimed.setdefault(item.rel, item)
+        if first is not item:  # a.png and a.jpg would write the same a.png
+            clashes.append((item, first))
+            continue
         stamp = _stamp(item, options_hash)
         if not force and manifest.done(str(item.rel), stamp, outputs_of(item)):
             counts["skipped"] += 1
         else:
             todo.append((item, stamp))
-    bar = _Progress(len(todo), progress)
+    bar = _Progress(len(todo) + len(clashes), progress)
 
-    def fail(item: Item, stamp: dict, code: str, message: str) -> None:
+    def fail(item: Item, stamp: dict | None, code: str, message: str) -> None:
         counts["failed"] += 1
-        rec = {"input": str(item.rel), "status": "error", "code": code, "message": message, "stamp": stamp}
-        manifest.add(rec)
+        if stamp is not None:  # a clash has no manifest record: it would stand for the file it clashes with
+            rec = {"input": str(item.rel), "status": "error", "code": code, "message": message, "stamp": stamp}
+            manifest.add(rec)
         errors.append({"input": str(item.image), "code": code, "message": message})
         bar.update(1, counts["failed"])
+
+    for item, first in clashes:
+        fail(item, None, "input", f"{item.image.name} and {first.image.name} would both write "
+                                  f"{outputs_of(item)[0].relative_to(out_dir)}: rename one")
 
     pending: dict[str, tuple[Item, dict, Any]] = {}
     outputs = [P.OUT_ALPHA] + ([P.OUT_FOREGROUND] if cutout else [])

@@ -68,6 +68,19 @@ def test_batch_resume_and_error_report(daemon, tmp_path):
     assert cli.returncode == 1 and "1 matted, 4 already done, 2 failed" in cli.stderr
 
 
+def test_batch_names_that_would_write_one_output(daemon, tmp_path):
+    d = daemon()
+    imgs, _, _ = make_folder(tmp_path, n=2)
+    (imgs / "broken.png").unlink()
+    Image.open(imgs / "img0.png").save(imgs / "img0.jpg")  # would write img0.png too
+    counts = run_batch(imgs, tmp_path / "out", server=d.endpoint, progress=False)
+    assert counts == {"ok": 2, "skipped": 0, "failed": 1, "total": 3}
+    [error] = json.loads((tmp_path / "out" / "errors.json").read_text())
+    assert error["message"] == "img0.png and img0.jpg would both write img0.png: rename one"
+    # the clash leaves no manifest record standing for img0: it is not redone
+    assert run_batch(imgs, tmp_path / "out", server=d.endpoint, progress=False)["skipped"] == 2
+
+
 def test_batch_masks_and_cutout(daemon, tmp_path):
     d = daemon()
     imgs, _, masks = make_folder(tmp_path, n=2)
