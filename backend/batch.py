@@ -184,10 +184,12 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
 
     todo, clashes, claimed = [], [], {}
     for item in items:
-        first = claimed.setdefault(item.rel, item)
-        if first is not item:  # a.png and a.jpg would write the same a.png
+        # a.png and a.jpg would write the same a.png; with cut-outs, a.png and a_cutout.png the same a_cutout.png
+        first = next((claimed[p] for p in outputs_of(item) if p in claimed), None)
+        if first is not None:
             clashes.append((item, first))
             continue
+        claimed.update(dict.fromkeys(outputs_of(item), item))
         stamp = _stamp(item, options_hash)
         if not force and manifest.done(str(item.rel), stamp, outputs_of(item)):
             counts["skipped"] += 1
@@ -204,8 +206,9 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
         bar.update(1, counts["failed"])
 
     for item, first in clashes:
+        shared = next(p for p in outputs_of(item) if p in outputs_of(first))
         fail(item, None, "input", f"{item.image.name} and {first.image.name} would both write "
-                                  f"{outputs_of(item)[0].relative_to(out_dir)}: rename one")
+                                  f"{shared.relative_to(out_dir)}: rename one")
 
     pending: dict[str, tuple[Item, dict, Any]] = {}
     outputs = [P.OUT_ALPHA] + ([P.OUT_FOREGROUND] if cutout else [])

@@ -79,6 +79,10 @@ def test_batch_names_that_would_write_one_output(daemon, tmp_path):
     assert error["message"] == "img0.png and img0.jpg would both write img0.png: rename one"
     # the clash leaves no manifest record standing for img0: it is not redone
     assert run_batch(imgs, tmp_path / "out", server=d.endpoint, progress=False)["skipped"] == 2
+    (imgs / "img0.jpg").unlink()
+    Image.open(imgs / "img0.png").save(imgs / "img0_cutout.png")  # its alpha is img0.png's cut-out
+    counts = run_batch(imgs, tmp_path / "out2", server=d.endpoint, cutout=True, progress=False)
+    assert counts["failed"] == 1 and "would both write img0_cutout.png" in (tmp_path / "out2" / "errors.json").read_text()
 
 
 def test_batch_masks_and_cutout(daemon, tmp_path):
