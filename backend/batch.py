@@ -6,10 +6,11 @@ Trimap rules, for an image ``IN_DIR/<sub>/<stem>.<ext>`` (first match wins):
      unknown band of N px;
   3. otherwise the first existing folder of ``IN_DIR/trimaps``, ``IN_DIR/../trimaps``, ``IN_DIR/../trimap``.
 Images without a trimap are reported as errors; the batch goes on. Folders named ``trimaps``/``masks``
-inside IN_DIR are not treated as inputs.
+inside IN_DIR, and OUT_DIR when it lies inside IN_DIR, are not treated as inputs; OUT_DIR = IN_DIR is refused.
 
 Outputs: ``OUT_DIR/<sub>/<stem>.png`` (alpha, 8 or 16 bit), plus ``<stem>_cutout.png`` (RGBA with the
-estimated foreground) with ``--cutout``. ``OUT_DIR/manifest.jsonl`` records every finished file (input
+estimated foreground) with ``--cutout``; an image whose output name another input already takes (``a.jpg``
+beside ``a.png``) is reported as an error, not matted over it. ``OUT_DIR/manifest.jsonl`` records every finished file (input
 size/mtime + options); a re-run skips files recorded ``ok`` whose input and options are unchanged and whose
 output exists. ``OUT_DIR/errors.json`` lists the files that failed, with code and message.
 """
