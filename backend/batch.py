@@ -299,7 +299,7 @@ def batch_command(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    from backend.cli import band_argument, endpoint_argument
+    from backend.cli import endpoint_argument, positive_int_argument
 
     p = subparsers.add_parser("batch", help="matte a folder through the daemon (resumable)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -308,7 +308,7 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--server", type=endpoint_argument, help="daemon endpoint (default: the local daemon)")
     p.add_argument("--trimaps", help="folder of trimaps named like the images")
     p.add_argument("--masks", help="folder of binary masks named like the images (needs --band)")
-    p.add_argument("--band", type=band_argument, help="unknown band width in px around mask edges")
+    p.add_argument("--band", type=positive_int_argument, help="unknown band width in px around mask edges")
     p.add_argument("--inflight", "-k", type=int, default=4, help="requests kept in flight")
     p.add_argument("--cutout", action="store_true", help="also write <stem>_cutout.png (RGBA)")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8)

@@ -154,6 +154,8 @@ def cmd_matte(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from backend import evaluation
 
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise CliError(f"--report {args.report}: a file is in the way of the report folder", EXIT_USAGE)
     predictor = _make_predictor(args)
     samples = evaluation.find_samples(args.dataset, trimap_set=args.trimap_set)
     if args.held_out:
@@ -240,15 +242,15 @@ def endpoint_argument(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def band_argument(text: str) -> int:
-    """argparse ``type`` of ``--band``: the unknown band's width around a mask's edge, ≥ 1 px."""
+def positive_int_argument(text: str) -> int:
+    """argparse ``type`` of counts and widths that must be ≥ 1 (``--band``, ``--limit``)."""
     try:
-        band = int(text)
+        value = int(text)
     except ValueError:
-        band = 0
-    if band < 1:
-        raise argparse.ArgumentTypeError(f"the band width is a whole number of px ≥ 1, got {text!r}")
-    return band
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutout", type=Path, help="also write an RGBA cut-out with decontaminated colours")
     p.add_argument("--semantic-map", type=Path, help="also write the semantic trimap as a colour image")
     p.add_argument("--class", dest="classes", nargs="+", metavar="NAME", help="override the classifier's classes")
-    p.add_argument("--band", type=band_argument, help="treat TRIMAP as a binary mask; unknown band of this width in px")
+    p.add_argument("--band", type=positive_int_argument, help="treat TRIMAP as a binary mask; unknown band of this width in px")
     p.add_argument("--bits", type=int, choices=[8, 16], default=8, help="PNG bit depth of the outputs")
     p.add_argument("--server", metavar="ADDR", type=endpoint_argument, help="run through a daemon (e.g. ipc:///run/... or tcp://127.0.0.1:5555)")
     _add_model_options(p)
@@ -273,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", type=Path)
     p.add_argument("--trimap-set", default="trimap1", help="alphamatting layout: trimap1 or trimap2")
     p.add_argument("--report", type=Path, help="write a markdown + PNG report to this directory")
-    p.add_argument("--limit", type=int, help="only the first N samples")
+    p.add_argument("--limit", type=positive_int_argument, help="only the first N samples")
     p.add_argument("--held-out", action="store_true",
                    help="alphamatting layout: only the project's 9 held-out images (GT02, GT05, ... GT26)")
     p.add_argument("--no-semantic", action="store_true", help="ablation: run without the semantic trimap")

@@ -300,11 +300,17 @@ def test_cli_refuses_shortened_options(argv: list[str], shortened: str, capsys: 
 
 
 @pytest.mark.parametrize("argv", [["matte", "i.png", "m.png", "-o", "a.png", "--band", "-3"],
-                                  ["batch", "in", "out", "--band", "x"]])
-def test_cli_band_is_a_positive_width(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+                                  ["batch", "in", "out", "--band", "x"], ["eval", "data", "--limit", "0"]])
+def test_cli_counts_and_widths_are_positive(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
-    assert exit_info.value.code == 2 and "argument --band: the band width" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"argument {argv[-2]}: expected a whole number ≥ 1" in capsys.readouterr().err
+
+
+def test_cli_eval_report_path_checked_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "taken").touch()
+    assert main(["eval", str(tmp_path / "no-data"), "--report", str(tmp_path / "taken")]) == 2
+    assert "a file is in the way of the report folder" in capsys.readouterr().err
 
 
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16() -> None:
