@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from backend.models.weights import save_checkpoint
+from backend.models.weights import read_tensor_file, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def find_last(run_dir: str | Path) -> Path | None:
 
 
 def load_snapshot(path: str | Path) -> dict[str, Any]:
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    return read_tensor_file(path, "training snapshot")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

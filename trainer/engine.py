@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -466,6 +467,11 @@ class Trainer:
         train_dataset: Dataset | None = None,
         val_dataset: Dataset | None = None,
     ) -> None:
+        # The weights files the run reads, as absolute paths in its config.json and snapshots: export and
+        # average re-read them from wherever they are run.
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **{
+            key: str(Path(value).resolve())
+            for key in ("init", "classifier", "discriminator") if (value := getattr(cfg.model, key))}))
         self.cfg = cfg
         self.rank, self.world, local_rank = dist_env()
         self.device = resolve_device(cfg.run.device, local_rank)

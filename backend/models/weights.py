@@ -110,21 +110,28 @@ def _load_state(model: nn.Module, sd: dict[str, torch.Tensor]) -> None:
         raise WeightsError(f"checkpoint does not fit {getattr(model, 'arch', 'the model')}: {str(e)[:300]}") from e
 
 
-def load_weights(path: str | Path, kind: str) -> LoadedWeights:
-    """Load a checkpoint of ``kind`` ("matting" or "classifier"; "discriminator" reads like a classifier)."""
+def read_tensor_file(path: str | Path, what: str = "weights file") -> Any:
+    """``torch.load`` of tensors and plain data only (``weights_only``), on the CPU; WeightsError for a missing,
+    corrupt or foreign file, and for one that needs code to unpickle (refused, never retried unsafely)."""
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"{what} not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's text suggests weights_only=False (arbitrary code execution); say what was refused instead
         reason = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(e))
-        raise WeightsError(f"cannot read weights file {path}: not a checkpoint of plain tensors and data "
+        raise WeightsError(f"cannot read {what} {path}: not a checkpoint of plain tensors and data "
                            f"({reason.group(1)[:160] if reason else 'unpickling failed'}); files that need code "
                            "to load are refused") from e
     except Exception as e:  # torch raises many types for corrupt / foreign files
-        raise WeightsError(f"cannot read weights file {path}: {str(e).splitlines()[0][:200]}") from e
+        raise WeightsError(f"cannot read {what} {path}: {str(e).splitlines()[0][:200]}") from e
+
+
+def load_weights(path: str | Path, kind: str) -> LoadedWeights:
+    """Load a checkpoint of ``kind`` ("matting" or "classifier"; "discriminator" reads like a classifier)."""
+    path = Path(path)
+    obj = read_tensor_file(path)
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: not a state dict or checkpoint")
     arch_kind = "classifier" if kind == "discriminator" else kind

@@ -17,6 +17,7 @@ import pytest
 import torch
 from toy_data import ToyMattingDataset
 
+from backend.errors import WeightsError
 from backend.models.registry import build_model
 from backend.models.weights import load_weights, save_checkpoint
 from trainer import checkpoint as ckpt
@@ -230,14 +231,17 @@ def test_snapshot_contents_and_last_pointer(tmp_path):
     assert saved == snap["config"]
 
 
-def test_exported_snapshot_equals_the_finished_runs_weights(tmp_path, helpers):
+def test_exported_snapshot_equals_the_finished_runs_weights(tmp_path, helpers, monkeypatch):
     """`semantic-matte train export` turns the last snapshot into the same network the run exports, with the
-    classifier it was trained with beside it, loadable by the backend."""
+    classifier it was trained with beside it, loadable by the backend, from any working directory."""
     ds = ToyMattingDataset(8, 64, NUM_CLASSES)
+    monkeypatch.chdir(Path(helpers["classifier"]).parent)  # the run names its classifier relative to here
     cfg = _cfg(tmp_path, "exp", "matting", "schedule.steps=3", "run.ckpt_every=3",
-               f"model.classifier={helpers['classifier']}")
+               f"model.classifier={Path(helpers['classifier']).name}")
     run = Trainer(cfg, train_dataset=ds)
     run.train()
+    assert run.cfg.model.classifier == str(Path(helpers["classifier"]).resolve())
+    monkeypatch.chdir(tmp_path)
     out = export_snapshot(ckpt.find_last(tmp_path / "exp"), tmp_path / "out" / "snap.pt")
     got, want = load_weights(out, "matting"), load_weights(run.exported, "matting")
     assert got.meta["trained_steps"] == 3 and got.meta["classifier"] == "classifier.pt"
@@ -295,6 +299,13 @@ def test_average_of_snapshots_is_their_mean_and_re_estimates_batchnorm(tmp_path,
                                            config=tmp_path / "swa" / "config.json"), "matting")
     assert alone.meta["trained_steps"] == "640 (GPU) + 420 (CPU), averaged"
     assert all(torch.equal(alone.model.state_dict()[k], last[k]) for k in last)
+
+
+def test_snapshot_that_needs_code_to_load_is_refused(tmp_path):
+    bad = tmp_path / "step_00000001.pt"
+    torch.save({"step": 1, "hook": print}, bad)
+    with pytest.raises(WeightsError, match="cannot read training snapshot .* files that need code to load are refused"):
+        export_snapshot(bad, tmp_path / "out.pt")
 
 
 def test_average_refuses_snapshots_of_different_architectures(tmp_path):
