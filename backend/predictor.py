@@ -23,6 +23,7 @@ from torch import nn
 from backend import processing
 from backend.accel import CudaGraphRunner, inference_copy, maybe_compile, sim_inference_forward, sim_layer4
 from backend.classes import SIMD_CLASSES
+from backend.imageio import check_unit_range
 from backend.models.weights import LoadedWeights, WeightsError, find_default, load_weights
 from backend.protocol import (
     PRECISION_AUTO,
@@ -121,11 +122,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-# How far past [0, 1] a float image may reach and be clipped, not refused: bicubic / Lanczos resampling rings
-# by several percent at hard edges (-0.046 on the bundled example at 3x); 0-255 data reaches far beyond.
-FLOAT_SLACK = 0.25
-
-
 def as_rgb(image: np.ndarray) -> np.ndarray:
     """H×W×3 view/copy of grey, RGB or RGBA input, dtype unchanged (uint8, uint16 or float in [0, 1]).
     ValueError for other shapes or dtypes, and for float data outside [0, 1] or not finite."""
@@ -136,14 +132,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     image = image[..., :3]
     if image.dtype not in (np.uint8, np.uint16) and not np.issubdtype(image.dtype, np.floating):
         raise ValueError(f"unsupported image dtype {image.dtype}")
-    if image.dtype.kind == "f" and image.size:
-        # 0–255 floats or NaNs would otherwise be clipped into a plausible-looking wrong matte
-        lo, hi = float(image.min()), float(image.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise ValueError("image contains NaN or infinite values")
-        if lo < -FLOAT_SLACK or hi > 1.0 + FLOAT_SLACK:
-            raise ValueError(f"a float image must hold values in [0, 1], got [{lo:g}, {hi:g}]"
-                             + (" (8-bit data? divide by 255)" if lo >= 0 and hi <= 255.0 else ""))
+    if image.dtype.kind == "f":
+        check_unit_range(image, "a float image")
     return image
 
 

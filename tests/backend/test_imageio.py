@@ -152,6 +152,14 @@ def test_read_cmyk_jpeg(tmp_path):
     assert img.shape == (5, 7, 3) and img.dtype == np.float32
 
 
+def test_read_float_tiff_in_unit_range_only(tmp_path):
+    Image.fromarray(A8.astype(np.float32) / 255).save(tmp_path / "unit.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "unit.tif")[:, :, 0], A8 / np.float32(255), atol=1e-7)
+    Image.fromarray(A8.astype(np.float32)).save(tmp_path / "bytes.tif")  # 0-255 floats: refused, not clipped white
+    with pytest.raises(InputError, match=r"bytes.tif: float data must hold values in \[0, 1\].*divide by 255"):
+        read_image(tmp_path / "bytes.tif")
+
+
 @pytest.mark.parametrize("ext", [".png", ".tif"])
 def test_read_rgb16_and_rgba16_full_precision(tmp_path, ext):
     img = read_image(_save_cv2(tmp_path / f"a{ext}", RGB16))
