@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,8 @@ def cmd_matte(args: argparse.Namespace) -> int:
     for out in (args.output, args.cutout, args.semantic_map):
         if out is not None and out.resolve() in inputs:
             raise CliError(f"{out} is an input: an output would replace it", EXIT_USAGE)
+        if out is not None:
+            _check_writable(out)
     image = imageio.read_image(args.image)
     trimap = _load_trimap(args, image.shape[:2])
     t0 = time.perf_counter()
@@ -149,6 +152,16 @@ def cmd_matte(args: argparse.Namespace) -> int:
         print("classes: " + ", ".join(f"{k} {v:.0%}" for k, v in top if v > 0))
     print(f"wrote {args.output} ({alpha.shape[1]}×{alpha.shape[0]}) in {time.perf_counter() - t0:.2f}s")
     return EXIT_OK
+
+
+def _check_writable(path: Path) -> None:
+    """CliError now if a file cannot be created beside ``path`` (its folder is made), not after the work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise CliError(f"cannot write {path}: {e.strerror or e}", EXIT_USAGE) from e
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -268,7 +268,8 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     }
     # an output format that cannot be written fails before the matting, and nothing is written
     for bad in (["--cutout", str(tmp_path / "cut.jpg")], ["--bits", "16", "-o", str(tmp_path / "a16.jpg")],
-                ["-o", str(tmp_path / "a.xyz")], ["--cutout", str(tmp_path / "img.png")]):  # the last: the input
+                ["-o", str(tmp_path / "a.xyz")], ["--cutout", str(tmp_path / "img.png")],  # an input
+                ["--cutout", str(tmp_path / "tri.png" / "cut.png")]):  # a file where its folder would go
         assert main(["matte", str(tmp_path / "img.png"), str(tmp_path / "tri.png"), "-o", out, *bad, *base]) == 2
         assert not Path(out).exists() and capsys.readouterr().err.count("\n") == 1
     for code, argv in cases.items():
