@@ -167,8 +167,10 @@ def _check_writable(path: Path) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from backend import evaluation
 
-    if args.report is not None and args.report.exists() and not args.report.is_dir():
-        raise CliError(f"--report {args.report}: a file is in the way of the report folder", EXIT_USAGE)
+    if args.report is not None:
+        if args.report.exists() and not args.report.is_dir():
+            raise CliError(f"--report {args.report}: a file is in the way of the report folder", EXIT_USAGE)
+        _check_writable(args.report / "report.md")
     predictor = _make_predictor(args)
     samples = evaluation.find_samples(args.dataset, trimap_set=args.trimap_set)
     if args.held_out:
