@@ -287,7 +287,7 @@ def batch_command(args: argparse.Namespace) -> int:
                            band=args.band, inflight=args.inflight, cutout=args.cutout, bits=args.bits,
                            classes=args.classes or None, refine=args.refine, timeout=args.timeout, recursive=not args.no_recursive,
                            force=args.force, progress=not args.quiet, curve=curve)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a missing input folder, an output folder that cannot be made
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ServerError as exc:
