@@ -11,7 +11,7 @@ from typing import Any
 
 from plugin.core import session
 from plugin.core.session import ConnectionState, MatteOutput, ServerStatus
-from plugin.core.settings import Settings
+from plugin.core.settings import Settings, parse_server
 
 from . import host
 from .jobs import BackgroundJob
@@ -49,6 +49,12 @@ class Controller(QObject):
 
     # -- settings ---------------------------------------------------------------------------------
     def update_settings(self, **changes: Any) -> None:
+        if "server" in changes:
+            try:
+                changes["server"] = parse_server(changes["server"])
+            except ValueError as exc:  # say so in the panel; the last good address stays in use and stored
+                self._set_status(ServerStatus(ConnectionState.ERROR, str(exc)))
+                return
         for k, v in changes.items():
             setattr(self.settings, k, v)
         self.settings = self.settings.validated()

@@ -116,7 +116,13 @@ wait_for(lambda: job.done, "the cancelled job")
 assert isinstance(seen.get("cancel_error"), JobCancelled), seen
 assert session.describe_error(seen["cancel_error"]) == "Cancelled."
 
-# 5. The daemon gone: the panel says "not running" within the connect timeout.
+# 5. A malformed address: the panel says why, and the address in use stays.
+before = ctl.settings.server
+ctl.update_settings(server="localhost")
+assert ctl.status.state is ConnectionState.ERROR and "not a daemon address" in panel.status.text(), panel.status.text()
+assert ctl.settings.server == before
+
+# 6. The daemon gone: the panel says "not running" within the connect timeout.
 ctl.update_settings(server="tcp://127.0.0.1:9", connect_timeout_s=1.0)
 wait_for(lambda: ctl.status.state is ConnectionState.NOT_RUNNING, "the failed probe", timeout=20)
 assert "#c62828" in panel.status.text() and "not running" in panel.status.text().lower(), panel.status.text()
