@@ -95,6 +95,8 @@ def test_gimp_batch_matte_depths_and_daemon_down(daemon: str, case: dict, tmp_pa
     down = rep["down"]
     assert down["status"] == "execution-error" and "semantic-matte serve" in (down["error"] or "")
     assert down["seconds"] < 6 and not down["mask"]
+    bad = rep["bad_address"]
+    assert bad["status"] == "calling-error" and "not a daemon address: 'localhost'" in (bad["error"] or ""), bad
     log = (profile / "semantic-matte.log").read_text()  # the file users attach to bug reports
     assert "done in" in log and "failed: Daemon not reachable" in log
 

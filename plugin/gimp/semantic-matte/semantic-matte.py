@@ -57,7 +57,7 @@ SOURCES = (("selection", "Selection + band"), ("layer", "Trimap layer (by name)"
 try:  # the shared code; a broken install must still register and report itself
     from plugin.core import pixels, preview, session, trimap
     from plugin.core.logs import setup_log
-    from plugin.core.settings import Settings
+    from plugin.core.settings import Settings, parse_server
 
     LOAD_ERROR = ""
 except ImportError as _exc:
@@ -322,8 +322,12 @@ def run(procedure, run_mode, image, drawables, config, data):
     if run_mode == Gimp.RunMode.INTERACTIVE and not _interactive(procedure, config):
         return procedure.new_return_values(Gimp.PDBStatusType.CANCEL, None)
     cls = config.get_property("custom-class").strip() or config.get_property("class-override")
+    try:  # a typed address that is none fails here, rather than silently becoming the default socket
+        server = parse_server(config.get_property("server"))
+    except ValueError as exc:
+        return _fail(procedure, str(exc), Gimp.PDBStatusType.CALLING_ERROR)
     s = Settings(
-        server=config.get_property("server"),
+        server=server,
         band=config.get_property("band"),
         trimap_source=config.get_property("trimap-source"),
         trimap_layer=config.get_property("trimap-layer"),

@@ -92,6 +92,9 @@ try:
         "error": err,
         "mask": layer.get_mask() is not None,
     }
+    # a malformed address: a calling error that names the accepted forms
+    status, secs, err = run(img, layer, "localhost", timeout=2.0)
+    rep["bad_address"] = {"status": status.value_nick, "error": err}
 except Exception:  # noqa: BLE001 - reported to the pytest side
     rep["error"] = traceback.format_exc()
 with open(os.path.join(out, "result.json"), "w") as f:
