@@ -407,6 +407,8 @@ class MattingPredictor:
     def _pick_tile(self, h: int, w: int, tile: int | None) -> int:
         tile = self.tile if tile is None else tile
         if tile is not None:
+            if tile < 0:
+                raise ValueError(f"tile must be None (from the memory budget), 0 (never) or a side in px, got {tile}")
             return tile
         if self.estimate_memory_gb(h, w) <= self.memory_budget_gb:
             return 0

@@ -67,6 +67,8 @@ def test_predict_errors(tiny_predictor: MattingPredictor) -> None:
         tiny_predictor.predict(np.where(image > 100, np.nan, image / 255.0), trimap)
     with pytest.raises(ValueError, match=r"got \[-0\.5"):
         tiny_predictor.predict(image / 255.0 - 0.5, trimap)
+    with pytest.raises(ValueError, match="tile must be None"):
+        tiny_predictor.predict(image, trimap, tile=-5)  # was taken as "never"
     ringing = np.clip(image / 255.0 * 1.2 - 0.1, -0.1, 1.1)  # bicubic / Lanczos overshoot: clipped, not refused
     assert tiny_predictor.predict(ringing, trimap).alpha.shape == trimap.shape
 
