@@ -311,7 +311,7 @@ def uninstall(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)  # as the CLI
     ap.add_argument("--krita", action="store_true", help="install the Krita plug-in")
     ap.add_argument("--gimp", action="store_true", help="install the GIMP 3 plug-in")
     ap.add_argument(
