@@ -154,7 +154,8 @@ class _Progress:
 
 def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = None, trimaps: str | Path | None = None,
               masks: str | Path | None = None, band: int | None = None, inflight: int = 4, cutout: bool = False,
-              bits: int = 8, classes: list[str] | None = None, refine: str | None = None, timeout: float = 600.0,
+              bits: int = 8, classes: list[str] | None = None, refine: str | None = None,
+              trimap_mode: str | None = None, timeout: float = 600.0,
               recursive: bool = True, force: bool = False, progress: bool = True, curve: Any = None) -> dict:
     """Matte every image of ``in_dir`` into ``out_dir``; returns counts ``{"ok", "skipped", "failed"}``."""
     from backend import imageio
@@ -170,8 +171,11 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
                          "the images")
     out_dir.mkdir(parents=True, exist_ok=True)
     options = {"cutout": cutout, "bits": bits, "classes": classes, "band": band}
-    if refine is not None:  # kept out of the hash when unset: manifests from before the option stay valid
+    # kept out of the hash when unset: manifests from before these options stay valid
+    if refine is not None:
         options["refine"] = refine
+    if trimap_mode is not None:
+        options["trimap_mode"] = trimap_mode
     options_hash = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     items = list(discover(in_dir, trimaps=Path(trimaps) if trimaps else None, masks=Path(masks) if masks else None,
                           recursive=recursive, out_dir=out_dir))
@@ -239,6 +243,8 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
                         continue
                     opts = {"outputs": outputs, "classes": classes, "band": band if item.mask is not None else None,
                             "alpha_dtype": "u2" if bits == 16 else "f4", "refine": refine}
+                    if trimap_mode is not None and item.trimap is not None:
+                        opts["trimap_mode"] = trimap_mode
                     rid = client.submit(P.MATTE, arrays, opts, priority=P.BATCH, timeout=timeout)
                     pending[rid] = (item, stamp, image if cutout else None)
                 for rid, outcome in client.wait_any(1.0):
@@ -285,7 +291,8 @@ def batch_command(args: argparse.Namespace) -> int:
     try:
         counts = run_batch(args.in_dir, args.out_dir, server=args.server, trimaps=args.trimaps, masks=args.masks,
                            band=args.band, inflight=args.inflight, cutout=args.cutout, bits=args.bits,
-                           classes=args.classes or None, refine=args.refine, timeout=args.timeout, recursive=not args.no_recursive,
+                           classes=args.classes or None, refine=args.refine, trimap_mode=args.trimap_mode,
+                           timeout=args.timeout, recursive=not args.no_recursive,
                            force=args.force, progress=not args.quiet, curve=curve)
     except (OSError, ValueError) as exc:  # a missing input folder, an output folder that cannot be made
         print(f"error: {exc}", file=sys.stderr)
@@ -314,6 +321,8 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--bits", type=int, choices=[8, 16], default=8)
     p.add_argument("--classes", nargs="*", help="class override for the semantic trimap")
     p.add_argument("--refine", choices=P.REFINE_MODES, help="alpha refinement (default: the daemon's, nonlocal)")
+    p.add_argument("--trimap-mode", choices=P.TRIMAP_MODES,
+                   help="tolerant: snap 127-valued or soft trimaps (≤25→0, ≥230→255, rest unknown); default strict")
     p.add_argument("--timeout", type=float, default=600.0, help="per-image deadline (s)")
     p.add_argument("--no-recursive", action="store_true")
     p.add_argument("--force", action="store_true", help="redo files already in the manifest")

@@ -230,7 +230,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="autocast precision (auto: bf16 on CPUs with native bf16, else fp32)")
     p.add_argument("--tile", type=_parse_tile, default=None, metavar="auto|off|PX",
                    help="tiled inference for large images (default auto: by memory budget)")
-    p.add_argument("--trimap-mode", default="strict", choices=["strict", "tolerant"],
+    p.add_argument("--trimap-mode", default=P.TRIMAP_STRICT, choices=P.TRIMAP_MODES,
                    help="strict: exact 0/128/255; tolerant: ≤25→0, ≥230→255, rest unknown (127, soft trimaps)")
     p.add_argument("--refine", default=P.REFINE_DEFAULT, choices=P.REFINE_MODES,
                    help="nonlocal (default): closed-form re-solve of alpha where the network is unsure plus a "

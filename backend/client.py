@@ -326,11 +326,12 @@ class Client:
     def matte(self, image: Any, trimap: Any = None, *, mask: Any = None, band: int | None = None,
               outputs: tuple[str, ...] = (P.OUT_ALPHA,), classes: list[str] | None = None,
               model: str | None = None, tile: int | None = None, alpha_dtype: str = "f4",
-              refine: str | None = None, timeout: float | None = None, priority: str = P.INTERACTIVE,
-              progress: ProgressCallback | None = None) -> Reply:
+              refine: str | None = None, trimap_mode: str | None = None, timeout: float | None = None,
+              priority: str = P.INTERACTIVE, progress: ProgressCallback | None = None) -> Reply:
         """Matte one image. ``image``: H×W×3/4 uint8/uint16/float32; ``trimap`` H×W uint8 (0/128/255), or
         ``mask`` H×W (non-zero = foreground) plus ``band`` (unknown band width in pixels). ``refine``:
         ``"nonlocal"`` / ``"band"`` / ``"off"`` (None = the worker's setting, ``protocol.REFINE_DEFAULT``).
+        ``trimap_mode``: ``"tolerant"`` snaps a 127-valued or soft trimap (None: strict, exact 0/128/255).
         Reply arrays: ``alpha`` (H×W), ``foreground`` (H×W×3 float32), ``semantic`` (C×H×W float32);
         ``reply.meta``: model, device, precision, class_shares, timings."""
         arrays = {"image": image}
@@ -340,6 +341,8 @@ class Client:
             arrays["mask"] = mask
         options = {"outputs": list(outputs), "classes": classes, "model": model, "tile": tile, "band": band,
                    "alpha_dtype": alpha_dtype, "refine": refine}
+        if trimap_mode is not None:  # only when asked: a daemon from before the option refuses unknown keys
+            options["trimap_mode"] = trimap_mode
         return self.request(P.MATTE, arrays, options, timeout=timeout, priority=priority, progress=progress)
 
     def classify(self, image: Any, trimap: Any, *, model: str | None = None, timeout: float | None = None,
@@ -474,8 +477,8 @@ class Client:
 def matte_via_server(address: str | None, image: Any, trimap: Any = None, *, mask: Any = None,
                      band: int | None = None, classes: list[str] | None = None, want_foreground: bool = False,
                      want_semantic: bool = False, tile: int | None = None, model: str | None = None,
-                     refine: str | None = None, timeout: float = P.DEFAULT_TIMEOUT, progress: ProgressCallback | None = None,
-                     curve: CurveClientKeys | None = None) -> dict[str, Any]:
+                     refine: str | None = None, trimap_mode: str | None = None, timeout: float = P.DEFAULT_TIMEOUT,
+                     progress: ProgressCallback | None = None, curve: CurveClientKeys | None = None) -> dict[str, Any]:
     """One matte through the daemon, shaped like ``MattingPredictor.predict``'s result.
 
     Returns ``{"alpha": H×W float32, "foreground": H×W×3 float32 | None, "semantic": C×H×W float32 | None,
@@ -485,7 +488,7 @@ def matte_via_server(address: str | None, image: Any, trimap: Any = None, *, mas
     outputs = [P.OUT_ALPHA] + ([P.OUT_FOREGROUND] if want_foreground else []) + ([P.OUT_SEMANTIC] if want_semantic else [])
     with Client(address, timeout=timeout, curve=curve, as_numpy=True) as client:
         reply = client.matte(image, trimap, mask=mask, band=band, outputs=tuple(outputs), classes=classes,
-                             model=model, tile=tile, refine=refine, progress=progress)
+                             model=model, tile=tile, refine=refine, trimap_mode=trimap_mode, progress=progress)
     return {
         "alpha": reply.arrays.get(P.OUT_ALPHA),
         "foreground": reply.arrays.get(P.OUT_FOREGROUND),

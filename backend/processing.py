@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from backend.protocol import TRIMAP_BG, TRIMAP_FG, TRIMAP_UNKNOWN
+from backend.protocol import TRIMAP_BG, TRIMAP_FG, TRIMAP_STRICT, TRIMAP_TOLERANT, TRIMAP_UNKNOWN
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,7 +26,7 @@ STRIDE = 8
 # --------------------------------------------------------------------------- trimaps
 
 
-def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
+def validate_trimap(trimap: np.ndarray, mode: str = TRIMAP_STRICT) -> np.ndarray:
     """Return a trimap with exactly {0, 128, 255}.
 
     Modes:
@@ -43,7 +43,7 @@ def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
         if np.issubdtype(trimap.dtype, np.floating) and trimap.max(initial=0) <= 1.0:
             trimap = np.round(trimap * 255.0)
         trimap = np.clip(trimap, 0, 255).astype(np.uint8)
-    if mode == "strict":
+    if mode == TRIMAP_STRICT:
         # Three SIMD byte compares (0.7 ms at 2048²) instead of np.unique's sort (12 ms); the slow path
         # only runs to name the stray values in the error.
         ok = (trimap == TRIMAP_BG) | (trimap == TRIMAP_UNKNOWN) | (trimap == TRIMAP_FG)
@@ -52,7 +52,7 @@ def validate_trimap(trimap: np.ndarray, mode: str = "strict") -> np.ndarray:
             raise ValueError(f"trimap has values other than 0/128/255 (e.g. {stray[:5].tolist()}); "
                              "use tolerant mode (--trimap-mode tolerant) for 127-valued or soft trimaps")
         out = trimap
-    elif mode == "tolerant":
+    elif mode == TRIMAP_TOLERANT:
         out = np.full_like(trimap, TRIMAP_UNKNOWN)
         out[trimap <= 25] = TRIMAP_BG
         out[trimap >= 230] = TRIMAP_FG

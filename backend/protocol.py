@@ -84,6 +84,11 @@ REFINE_MODES = (REFINE_BAND, REFINE_NONLOCAL, REFINE_OFF)
 # held-out photo came within closed-form matting's; docs/bench/refinement_validation.md)
 REFINE_DEFAULT = REFINE_NONLOCAL
 
+# --- trimap values (backend.processing.validate_trimap) --------------------------------------------
+TRIMAP_STRICT = "strict"  # exactly 0 / 128 / 255 (the official contract; the default)
+TRIMAP_TOLERANT = "tolerant"  # ≤ 25 → 0, ≥ 230 → 255, everything between unknown (127-valued, soft trimaps)
+TRIMAP_MODES = (TRIMAP_STRICT, TRIMAP_TOLERANT)
+
 # --- worker precision (announced in a worker's info; chosen at its start, not per request) ----------
 PRECISION_AUTO = "auto"  # bf16 on CPUs with native bf16, fp32 elsewhere (backend.predictor.resolve_precision)
 PRECISION_MODES = (PRECISION_AUTO, "fp32", "fp16", "bf16")
@@ -334,6 +339,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "band": (int, type(None)),
     "alpha_dtype": (str,),
     "refine": (str, type(None)),
+    "trimap_mode": (str, type(None)),
 }
 
 
@@ -365,6 +371,8 @@ def _check_options(kind: str, raw: Any) -> dict:
         raise ProtocolError(E_BAD_REQUEST, "'band' must be in 1..1024")
     if opts.get("refine") not in (None, *REFINE_MODES):
         raise ProtocolError(E_BAD_REQUEST, f"'refine' must be one of {', '.join(REFINE_MODES)}")
+    if opts.get("trimap_mode") not in (None, *TRIMAP_MODES):
+        raise ProtocolError(E_BAD_REQUEST, f"'trimap_mode' must be one of {', '.join(TRIMAP_MODES)}")
     if opts.setdefault("alpha_dtype", "f4") not in ("u1", "u2", "f4"):
         raise ProtocolError(E_BAD_REQUEST, "'alpha_dtype' must be u1, u2 or f4")
     if opts.get("model") is not None and not _NAME_RE.match(opts["model"]):

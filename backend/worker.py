@@ -124,6 +124,13 @@ class PredictorHandler:
             from backend.processing import trimap_from_mask
 
             trimap = trimap_from_mask(job.arrays["mask"], int(job.options["band"]))
+        elif job.options.get("trimap_mode") == P.TRIMAP_TOLERANT:  # snapped here; the predictor checks strictly
+            from backend.processing import validate_trimap
+
+            try:
+                trimap = validate_trimap(trimap, P.TRIMAP_TOLERANT)
+            except ValueError as exc:  # nothing unknown left
+                raise JobError(P.E_BAD_REQUEST, str(exc)) from None
         return (image, trimap, *PredictorHandler._wants(job))
 
     @staticmethod

@@ -85,6 +85,16 @@ def test_batch_names_that_would_write_one_output(daemon, tmp_path):
     assert counts["failed"] == 1 and "would both write img0_cutout.png" in (tmp_path / "out2" / "errors.json").read_text()
 
 
+def test_batch_trimap_mode_reaches_the_daemon_and_the_manifest(daemon, tmp_path):
+    d = daemon()
+    imgs, _, _ = make_folder(tmp_path, n=2)
+    (imgs / "broken.png").unlink()
+    assert run_batch(imgs, tmp_path / "out", server=d.endpoint, progress=False)["ok"] == 2
+    # a different trimap mode is a different result: the files are matted again, and the daemon accepts it
+    again = run_batch(imgs, tmp_path / "out", server=d.endpoint, trimap_mode="tolerant", progress=False)
+    assert again == {"ok": 2, "skipped": 0, "failed": 0, "total": 2}
+
+
 def test_batch_masks_and_cutout(daemon, tmp_path):
     d = daemon()
     imgs, _, masks = make_folder(tmp_path, n=2)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from conftest import sample
 
-from backend.client import Client, matte_via_server
+from backend import protocol as P
+from backend.client import Client, ServerError, matte_via_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,3 +55,10 @@ def test_daemon_matte_equals_in_process(daemon):
         assert "refine" in remote["meta"]["timings"] and "refine" not in raw.meta["timings"]
         knn = c.matte(image, trimap, refine="nonlocal", timeout=60)
         np.testing.assert_array_equal(knn["alpha"], predictor.predict(image, trimap, refine="nonlocal").alpha)
+        # a 127-valued trimap (another tool's) is refused as it is, and snapped on the worker when asked
+        t127 = np.where(trimap == 128, 127, trimap).astype(np.uint8)
+        with pytest.raises(ServerError, match="tolerant") as refused:
+            c.matte(image, t127, timeout=60)
+        assert refused.value.code == P.E_BAD_REQUEST
+        snapped = c.matte(image, t127, trimap_mode=P.TRIMAP_TOLERANT, timeout=60)
+        np.testing.assert_array_equal(snapped["alpha"], local.alpha)

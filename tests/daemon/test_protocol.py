@@ -109,6 +109,20 @@ def test_refine_modes_accepted(refine):
     assert parse(frames).options.get("refine") == refine
 
 
+@pytest.mark.parametrize(("mode", "ok"), [(P.TRIMAP_STRICT, True), (P.TRIMAP_TOLERANT, True), (None, True),
+                                          ("soft", False)])
+def test_trimap_modes(mode, ok):
+    frames = frames_for()
+    header = msgpack.unpackb(frames[0])
+    header["options"] = {"trimap_mode": mode}
+    frames[0] = msgpack.packb(header)
+    if ok:
+        assert parse(frames).options.get("trimap_mode") == mode
+    else:
+        with pytest.raises(P.ProtocolError, match="'trimap_mode' must be one of strict, tolerant"):
+            parse(frames)
+
+
 def test_mask_needs_band_and_frame_count_checked():
     image, trimap = sample()
     with pytest.raises(P.ProtocolError, match="band"):
