@@ -32,6 +32,7 @@ from backend.protocol import (
     REFINE_MODES,
     REFINE_NONLOCAL,
     REFINE_OFF,
+    TRIMAP_STRICT,
     TRIMAP_UNKNOWN,
 )
 from backend.refinement import nonlocal_weight_for, prepare_refinement, refine_alpha
@@ -191,7 +192,7 @@ class MattingPredictor:
     def __init__(self, model: nn.Module, classifier: nn.Module | None = None, *,
                  classes: Sequence[str] | None = None, device: str | torch.device = "auto",
                  precision: str = "auto", tile: int | None = None, tile_overlap: int = 128,
-                 memory_budget_gb: float = 4.0, trimap_mode: str = "strict", foreground_head: bool = False,
+                 memory_budget_gb: float = 4.0, trimap_mode: str = TRIMAP_STRICT, foreground_head: bool = False,
                  window_sizes: Sequence[int] = WINDOW_SIZES, meta: dict[str, Any] | None = None,
                  optimize: bool = True, compile: bool = False, gpu_preprocess: bool | None = None,
                  classifier_batch: int | None = None, cuda_graphs: bool = False,
