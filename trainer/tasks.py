@@ -23,7 +23,7 @@ from torch.utils.data import default_collate
 
 from backend.classes import SIMD_CLASSES
 from backend.metrics import MetricAccumulator, compute_metrics
-from backend.models.registry import build_model, get_entry
+from backend.models.registry import build_model
 from backend.models.weights import load_weights
 from backend.processing import build_inputs_torch, normalize_image, trimap_gaussian, trimap_two_channel
 from backend.protocol import TRIMAP_UNKNOWN
@@ -139,13 +139,7 @@ class Task:
         self.model = self._build()
 
     def _build(self) -> nn.Module:
-        kind = get_entry(self.cfg.model.arch).kind
-        want = "classifier" if self.name in ("classifier", "discriminator") else "matting"
-        if kind != want:
-            raise ValueError(
-                f"model.arch {self.cfg.model.arch!r} is a {kind} model; task {self.name!r} needs a "
-                f"{want} architecture"
-            )
+        # model.arch is one of the task's architectures (trainer.config.validate)
         model = build_model(self.cfg.model.arch, num_classes=len(self.classes))
         if self.cfg.model.init:
             lw = self._load_checked(
