@@ -124,13 +124,6 @@ class PredictorHandler:
             from backend.processing import trimap_from_mask
 
             trimap = trimap_from_mask(job.arrays["mask"], int(job.options["band"]))
-        elif job.options.get("trimap_mode") == P.TRIMAP_TOLERANT:  # snapped here; the predictor checks strictly
-            from backend.processing import validate_trimap
-
-            try:
-                trimap = validate_trimap(trimap, P.TRIMAP_TOLERANT)
-            except ValueError as exc:  # nothing unknown left
-                raise JobError(P.E_BAD_REQUEST, str(exc)) from None
         return (image, trimap, *PredictorHandler._wants(job))
 
     @staticmethod
@@ -144,7 +137,8 @@ class PredictorHandler:
         h, w = job.arrays["image"].shape[:2]
         if h * w > self.batch_max_pixels or job.options.get("tile"):
             return None
-        return (h, w, tuple(job.options.get("classes") or ()), job.options.get("refine"), *self._wants(job))
+        return (h, w, tuple(job.options.get("classes") or ()), job.options.get("refine"),
+                job.options.get("trimap_mode"), *self._wants(job))
 
     def __call__(self, job: Job) -> tuple[dict[str, Any], dict]:
         return self._run_one(job, self._inputs(job))
@@ -159,6 +153,7 @@ class PredictorHandler:
         try:
             res = self.predictor.predict(image, trimap, classes=job.options.get("classes"), want_foreground=want_fg,
                                          want_semantic=want_semantic, tile=job.options.get("tile"),
+                                         trimap_mode=job.options.get("trimap_mode"),
                                          refine=job.options.get("refine"), progress=progress)
         except ValueError as exc:  # bad trimap values, unknown class names, ...
             raise JobError(P.E_BAD_REQUEST, str(exc)) from None
@@ -189,6 +184,7 @@ class PredictorHandler:
             results = self.predictor.predict_batch([x[2][0] for x in live], [x[2][1] for x in live],
                                                    classes=first.options.get("classes"),
                                                    want_foreground=want_fg, want_semantic=want_semantic,
+                                                   trimap_mode=first.options.get("trimap_mode"),
                                                    refine=first.options.get("refine"))
         except ValueError:
             results = None
