@@ -189,14 +189,15 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
 
     todo, clashes, claimed = [], [], {}
     for item in items:
+        outs = outputs_of(item)
         # a.png and a.jpg would write the same a.png; with cut-outs, a.png and a_cutout.png the same a_cutout.png
-        first = next((claimed[p] for p in outputs_of(item) if p in claimed), None)
-        if first is not None:
-            clashes.append((item, first))
+        shared = next((p for p in outs if p in claimed), None)
+        if shared is not None:
+            clashes.append((item, claimed[shared], shared))
             continue
-        claimed.update(dict.fromkeys(outputs_of(item), item))
+        claimed.update(dict.fromkeys(outs, item))
         stamp = _stamp(item, options_hash)
-        if not force and manifest.done(str(item.rel), stamp, outputs_of(item)):
+        if not force and manifest.done(str(item.rel), stamp, outs):
             counts["skipped"] += 1
         else:
             todo.append((item, stamp))
@@ -210,8 +211,7 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, *, server: str | None = N
         errors.append({"input": str(item.image), "code": code, "message": message})
         bar.update(1, counts["failed"])
 
-    for item, first in clashes:
-        shared = next(p for p in outputs_of(item) if p in outputs_of(first))
+    for item, first, shared in clashes:
         fail(item, None, "input", f"{item.image.name} and {first.image.name} would both write "
                                   f"{shared.relative_to(out_dir)}: rename one")
 

@@ -117,10 +117,11 @@ def cmd_matte(args: argparse.Namespace) -> int:
         raise CliError(str(e), EXIT_USAGE) from e
     inputs = {args.image.resolve(), args.trimap.resolve()}
     for out in (args.output, args.cutout, args.semantic_map):
-        if out is not None and out.resolve() in inputs:
+        if out is None:
+            continue
+        if out.resolve() in inputs:
             raise CliError(f"{out} is an input: an output would replace it", EXIT_USAGE)
-        if out is not None:
-            _check_writable(out)
+        _check_writable(out)
     image = imageio.read_image(args.image)
     trimap = _load_trimap(args, image.shape[:2])
     t0 = time.perf_counter()
